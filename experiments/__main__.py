@@ -1,0 +1,50 @@
+"""Command line: `python -m experiments {speed,accuracy} engine [...]`."""
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments", description="recurrax experiments."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    speed = commands.add_parser("speed", help="speed measurements")
+    which = speed.add_subparsers(dest="which", required=True)
+    engine = which.add_parser(
+        "engine", help="linear-recurrence strategies against the common associative-scan form"
+    )
+    engine.add_argument("--lengths", type=int, nargs="+", help="sequence lengths to time")
+    engine.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    engine.add_argument(
+        "--out", default="docs/results/speed-engine.md", help="markdown file for the tables"
+    )
+    accuracy = commands.add_parser("accuracy", help="float32 accuracy measurements")
+    which_acc = accuracy.add_subparsers(dest="which", required=True)
+    acc = which_acc.add_parser("engine", help="every strategy against a float64 loop")
+    acc.add_argument("--length", type=int, default=65_536, help="sequence length")
+    acc.add_argument(
+        "--out", default="docs/results/accuracy-engine.md", help="markdown file for the table"
+    )
+    acc.set_defaults(repeats=1)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.repeats < 1:
+        print("--repeats must be at least 1", file=sys.stderr)
+        return 2
+    if args.command == "speed" and args.which == "engine":
+        from . import speed_engine
+
+        return speed_engine.run(args)
+    if args.command == "accuracy" and args.which == "engine":
+        from . import accuracy_engine
+
+        return accuracy_engine.run(args)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+r"""The linear-recurrence engine: $h_t = a_t \odot h_{t-1} + b_t$, in linear and log space."""
+
+import functools as ft
+
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Inexact
+
+from ._scan import AbstractScan, AutoScan
+from ._semiring import LINEAR, LOG
+
+
+def _describe(name: str, x) -> str:
+    return f"`{name}` of shape {tuple(np.shape(x))} and dtype {jnp.result_type(x)}"
+
+
+def _working_dtype(dtype) -> np.dtype:
+    """float16/bfloat16 are accumulated in float32; everything else keeps its dtype."""
+    dtype = np.dtype(dtype)
+    if dtype in (np.dtype(jnp.float16), np.dtype(jnp.bfloat16)):
+        return np.dtype(jnp.float32)
+    return dtype
+
+
+def _fits(dtype, working) -> bool:
+    """`dtype` may join a recurrence computed in `working`: the same dtype, or a real dtype
+    of the same precision driving a complex state."""
+    dtype = _working_dtype(dtype)
+    if dtype == working:
+        return True
+    return (
+        jnp.issubdtype(working, jnp.complexfloating)
+        and jnp.issubdtype(dtype, jnp.floating)
+        and dtype.itemsize * 2 == working.itemsize
+    )
+
+
+def _prepare(fn: str, a, b, h0, *, complex_ok: bool, a_name="a", b_name="b", h0_name="h0"):
+    """Check shapes and dtypes at trace time; return arrays in one working dtype."""
+    b = jnp.asarray(b)
+    a = jnp.asarray(a)
+    if b.ndim < 1:
+        raise ValueError(
+            f"{fn}: {_describe(b_name, b)} must have a leading time axis, shape (length, *state)."
+        )
+    allowed = "real or complex floating" if complex_ok else "real floating"
+    for name, x in ((a_name, a), (b_name, b)):
+        kind = jnp.issubdtype(x.dtype, jnp.floating) or (
+            complex_ok and jnp.issubdtype(x.dtype, jnp.complexfloating)
+        )
+        if not kind:
+            raise ValueError(f"{fn}: {_describe(name, x)} must have a {allowed} dtype.")
+    dtype = _working_dtype(b.dtype)
+    if not _fits(a.dtype, dtype):
+        raise ValueError(
+            f"{fn}: {_describe(a_name, a)} and {_describe(b_name, b)} have mismatched "
+            f"dtypes; use the same dtype (a real `{a_name}` may drive a complex "
+            f"`{b_name}` of the same precision)."
+        )
+    state_shape = b.shape[1:]
+    length = b.shape[0]
+    if a.ndim == b.ndim:
+        if a.shape[0] != length or np.broadcast_shapes(a.shape, b.shape) != b.shape:
+            raise ValueError(
+                f"{fn}: {_describe(a_name, a)} has as many axes as {_describe(b_name, b)}, "
+                f"so it is read per time step and must broadcast to {tuple(b.shape)} with "
+                f"the same length {length}."
+            )
+        a = jnp.broadcast_to(a, b.shape)
+    else:
+        try:
+            ok = np.broadcast_shapes(a.shape, state_shape) == state_shape
+        except ValueError:
+            ok = False
+        if not ok or a.ndim > b.ndim:
+            raise ValueError(
+                f"{fn}: {_describe(a_name, a)} does not fit {_describe(b_name, b)}: a "
+                f"time-invariant `{a_name}` must broadcast to the state shape "
+                f"{tuple(state_shape)}, and a per-step `{a_name}` must have shape "
+                f"{tuple(b.shape)}."
+            )
+        a = jnp.broadcast_to(a, state_shape)
+    if h0 is not None:
+        h0 = jnp.asarray(h0)
+        if not _fits(h0.dtype, dtype):
+            raise ValueError(
+                f"{fn}: {_describe(h0_name, h0)} must have the dtype of {_describe(b_name, b)}."
+            )
+        try:
+            ok = np.broadcast_shapes(h0.shape, state_shape) == state_shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{fn}: {_describe(h0_name, h0)} must have the state shape "
+                f"{tuple(state_shape)} (that of `{b_name}` without its time axis)."
+            )
+        h0 = jnp.broadcast_to(h0.astype(dtype), state_shape)
+    return a.astype(dtype), b.astype(dtype), h0
+
+
+def _check_method(fn, method):
+    if method is None:
+        return AutoScan()
+    if not isinstance(method, AbstractScan):
+        raise ValueError(
+            f"{fn}: `method` must be a scan strategy such as recurrax.ChunkedScan(), got "
+            f"method={method!r}."
+        )
+    return method
+
+
+def _shift(a: Array, reverse: bool) -> Array:
+    """The coefficient of the transposed system: a_{t+1} forward, a_{t-1} reverse."""
+    edge = jnp.zeros_like(a[:1])
+    if reverse:
+        return jnp.concatenate([edge, a[:-1]], axis=0)
+    return jnp.concatenate([a[1:], edge], axis=0)
+
+
+def _solve_linear(
+    method: AbstractScan, a: Array, b: Array, h0: Array | None, reverse: bool
+) -> Array:
+    r"""Solve the bidiagonal system $h_t - a_t h_{t\mp1} = b_t$ with `lax.custom_linear_solve`.
+
+    The initial state enters as $a_1 h_0$ added to the first input. JAX then differentiates
+    forward by solving the same system for the tangent, and backward by the transposed
+    system: the same recurrence run in the other direction, with the coefficients shifted by
+    one step (the plain transpose; `jax.grad` supplies the conjugation for complex inputs).
+    """
+    invariant = a.ndim == b.ndim - 1
+    first = b.shape[0] - 1 if reverse else 0
+    if h0 is not None:
+        b = b.at[first].add((a if invariant else a[first]) * h0)
+    a_full = a[None] if invariant else a  # explicit broadcast over time
+
+    def matvec(h):
+        zero = jnp.zeros_like(h[:1])
+        if reverse:
+            previous = jnp.concatenate([h[1:], zero], axis=0)
+        else:
+            previous = jnp.concatenate([zero, h[:-1]], axis=0)
+        return h - a_full * previous
+
+    def solve(_, rhs):
+        zero = jnp.zeros(rhs.shape[1:], rhs.dtype)
+        return method.solve(LINEAR, a, rhs, zero, reverse=reverse)
+
+    def transpose_solve(_, rhs):
+        shifted = a if invariant else _shift(a, reverse)
+        zero = jnp.zeros(rhs.shape[1:], rhs.dtype)
+        return method.solve(LINEAR, shifted, rhs, zero, reverse=not reverse)
+
+    return lax.custom_linear_solve(matvec, b, solve, transpose_solve)
+
+
+def linear_recurrence(
+    a: Inexact[ArrayLike, "..."],
+    b: Inexact[ArrayLike, "length *state"],
+    h0: Inexact[ArrayLike, "..."] | None = None,
+    *,
+    reverse: bool = False,
+    method: AbstractScan | None = None,
+) -> Inexact[Array, "length *state"]:
+    r"""Solve the diagonal linear recurrence $h_t = a_t \odot h_{t-1} + b_t$ for all $t$.
+
+    **Arguments:**
+
+    - `a`: the coefficients. With as many axes as `b`, read per time step
+        (input-dependent, e.g. minGRU's $1 - z_t$): shape `(length, *state)` or
+        broadcastable to it with the full length. With fewer axes, constant in time
+        (time-invariant, e.g. an LRU's $\lambda$): broadcastable to `(*state)`.
+    - `b`: the inputs, `(length, *state)`.
+    - `h0`: the state before the first step, `(*state)`; `None` means zeros. With
+        `reverse=True` it is the state after the last step.
+    - `reverse`: run from the end, $h_t = a_t \odot h_{t+1} + b_t$.
+    - `method`: a scan strategy ([`recurrax.SequentialScan`][],
+        [`recurrax.AssociativeScan`][], [`recurrax.ChunkedScan`][]); the default
+        [`recurrax.AutoScan`][] chooses by platform and length.
+
+    **Returns:**
+
+    All states $h_1, \dots, h_L$, shaped like `b`. Real or complex, float32 or float64; a
+    real `a` may drive a complex `b`. float16/bfloat16 inputs are accumulated and returned in
+    float32.
+
+    **Raises:**
+
+    `ValueError` naming the argument, its shape and dtype, when shapes or dtypes do not fit.
+
+    Carrying state is exact: `linear_recurrence(a, b[k:], linear_recurrence(a, b[:k])[-1])`
+    equals `linear_recurrence(a, b)[k:]` (with a time-invariant `a`). Derivatives reuse the
+    engine: the tangent of a linear recurrence is the same recurrence, and its adjoint the
+    reverse one, so `jax.grad`, `jax.jvp`/`jax.jacfwd` and `jax.vmap` compose with every
+    strategy.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        lam = jnp.array([0.9, 0.5])              # time-invariant, state shape (2,)
+        b = jnp.ones((4, 2))                     # length 4
+        h = recurrax.linear_recurrence(lam, b)   # shape (4, 2)
+        assert jnp.allclose(h[-1], (1 - lam**4) / (1 - lam))
+        ```
+    """
+    fn = "linear_recurrence"
+    method = _check_method(fn, method)
+    a, b, h0 = _prepare(fn, a, b, h0, complex_ok=True)
+    if b.shape[0] == 0:
+        return b
+    return _solve_linear(method, a, b, h0, bool(reverse))
+
+
+def _safe_exp_ratio(num: Array, den: Array) -> Array:
+    """exp(num - den), with 0 where den is -inf (an identically zero state)."""
+    dead = jnp.isneginf(den)
+    safe_den = jnp.where(dead, 0.0, den)
+    return jnp.where(dead, 0.0, jnp.exp(jnp.minimum(num - safe_den, 0.0)))
+
+
+@ft.partial(jax.custom_jvp, nondiff_argnums=(0, 4))
+def _solve_log(method, log_a, log_b, log_h0, reverse):
+    return method.solve(LOG, log_a, log_b, log_h0, reverse=reverse)
+
+
+@_solve_log.defjvp
+def _solve_log_jvp(method, reverse, primals, tangents):
+    r"""Tangent of $\log h$ as a *linear* recurrence with coefficients in $[0, 1]$.
+
+    With $\tau_t = \mathrm{d}h_t / h_t$:
+    $\tau_t = r_t \tau_{t-1} + r_t\,\mathrm{d}\log a_t + s_t\,\mathrm{d}\log b_t$, where
+    $r_t = a_t h_{t-1}/h_t$ and $s_t = b_t/h_t$ lie in $[0, 1]$ and $r_t + s_t = 1$; both come
+    from the primal output, so nothing overflows and $h = 0$ gives zeros, not NaN.
+    """
+    log_a, log_b, log_h0 = primals
+    d_a, d_b, d_h0 = tangents
+    log_h = _solve_log(method, log_a, log_b, log_h0, reverse)
+    if reverse:
+        previous = jnp.concatenate([log_h[1:], log_h0[None]], axis=0)
+    else:
+        previous = jnp.concatenate([log_h0[None], log_h[:-1]], axis=0)
+    if log_a.ndim == log_b.ndim - 1:  # time-invariant: broadcast over time explicitly
+        log_a, d_a = log_a[None], d_a[None]
+    r = _safe_exp_ratio(log_a + previous, log_h)
+    s = _safe_exp_ratio(log_b, log_h)
+    drive = r * d_a + s * d_b
+    d_log_h = _solve_linear(method, r, drive, d_h0, reverse)
+    return log_h, d_log_h
+
+
+def log_linear_recurrence(
+    log_a: Float[ArrayLike, "..."],
+    log_b: Float[ArrayLike, "length *state"],
+    log_h0: Float[ArrayLike, "..."] | None = None,
+    *,
+    reverse: bool = False,
+    method: AbstractScan | None = None,
+) -> Float[Array, "length *state"]:
+    r"""Solve a positive recurrence $h_t = a_t h_{t-1} + b_t$ in log space: return $\log h$.
+
+    Computes $\log h_t = \operatorname{logaddexp}(\log a_t + \log h_{t-1},\ \log b_t)$, the
+    form minGRU and minLSTM train in (THEORY §1, §5). Every strategy combines in log space
+    directly, so (unlike the cumulative-sum form $A_t + \operatorname{logcumsumexp}(\log b - A)$)
+    no large partial sums cancel and the float32 error stays that of a plain loop.
+
+    **Arguments:**
+
+    - `log_a`: $\log a$, `(length, *state)` per step or broadcastable to `(*state)` constant
+        in time (same rule as [`recurrax.linear_recurrence`][]).
+    - `log_b`: $\log b$, `(length, *state)`; `-inf` entries mean $b = 0$.
+    - `log_h0`: $\log h_0$, `(*state)`; `None` (or `-inf`) means $h_0 = 0$.
+    - `reverse`: run from the end.
+    - `method`: a scan strategy, as for [`recurrax.linear_recurrence`][].
+
+    **Returns:**
+
+    $\log h_1, \dots, \log h_L$, shaped like `log_b`, real floating.
+
+    Derivatives are exact and finite even for $h_0 = 0$ (`log_h0 = -inf`) and saturated
+    gates: the tangent is itself a linear recurrence whose coefficients
+    $a_t h_{t-1}/h_t \in [0, 1]$ come from the output, solved by the linear engine.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        log_a = jnp.log(jnp.full((3, 2), 0.5))
+        log_b = jnp.log(jnp.ones((3, 2)))
+        log_h = recurrax.log_linear_recurrence(log_a, log_b)
+        assert jnp.allclose(jnp.exp(log_h[-1]), 1.75)   # 1 -> 1.5 -> 1.75
+        ```
+    """
+    fn = "log_linear_recurrence"
+    method = _check_method(fn, method)
+    log_a, log_b, log_h0 = _prepare(
+        fn,
+        log_a,
+        log_b,
+        log_h0,
+        complex_ok=False,
+        a_name="log_a",
+        b_name="log_b",
+        h0_name="log_h0",
+    )
+    if log_h0 is None:
+        log_h0 = jnp.full(log_b.shape[1:], -jnp.inf, log_b.dtype)
+    if log_b.shape[0] == 0:
+        return log_b
+    return _solve_log(method, log_a, log_b, log_h0, bool(reverse))

@@ -1,0 +1,255 @@
+r"""Scan strategies: *how* a diagonal recurrence is evaluated, never *what* it computes.
+
+Each strategy solves $h_t = a_t \otimes h_{t-1} \oplus b_t$ for all $t$ from a given initial
+state, in either direction, over a semiring (`_semiring.py`). The coefficient `a` is either
+per time step, shaped like `b` as `(length, *state)`, or time-invariant, shaped `(*state)`.
+"""
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._semiring import AbstractSemiring
+
+
+def _time_invariant(a: Array, b: Array) -> bool:
+    return a.ndim == b.ndim - 1
+
+
+class AbstractScan(eqx.Module):
+    r"""Abstract base class for the evaluation strategies of a diagonal linear recurrence.
+
+    A strategy is passed as `method=` to [`recurrax.linear_recurrence`][] and
+    [`recurrax.log_linear_recurrence`][] (and to every layer); all strategies compute the
+    same states and differ only in speed, memory and rounding order. Subclass and implement
+    `solve` to add one.
+    """
+
+    @abc.abstractmethod
+    def solve(
+        self,
+        semiring: AbstractSemiring,
+        a: Array,
+        b: Array,
+        h0: Array,
+        *,
+        reverse: bool,
+    ) -> Array:
+        r"""Solve $h_t = a_t \otimes h_{t-1} \oplus b_t$ for every $t$.
+
+        **Arguments:**
+
+        - `semiring`: the algebra (linear or log).
+        - `a`: coefficients, `(length, *state)` or time-invariant `(*state)`.
+        - `b`: inputs, `(length, *state)`.
+        - `h0`: the state before the first step, `(*state)`.
+        - `reverse`: run from the last time step to the first (then $h_{t+1}$ takes the
+            place of $h_{t-1}$).
+
+        **Returns:**
+
+        All states, `(length, *state)`, same dtype as `b`.
+        """
+
+
+class SequentialScan(AbstractScan):
+    r"""One step after another with `jax.lax.scan`: $O(L)$ work and $O(L)$ depth.
+
+    The most accurate strategy (the rounding order of a plain loop) and the cheapest in
+    memory; on CPU its cost is dominated by a fixed overhead per time step.
+
+    **Arguments:**
+
+    - `unroll`: passed to `jax.lax.scan`.
+    """
+
+    unroll: int = eqx.field(default=1, static=True)
+
+    def __check_init__(self):
+        if self.unroll < 1:
+            raise ValueError(f"SequentialScan: `unroll` must be >= 1, got unroll={self.unroll}.")
+
+    def solve(self, semiring, a, b, h0, *, reverse):
+        if _time_invariant(a, b):
+
+            def step(h, b_t):
+                h = semiring.combine(a, h, b_t)
+                return h, h
+
+            xs = b
+        else:
+
+            def step(h, ab_t):
+                h = semiring.combine(ab_t[0], h, ab_t[1])
+                return h, h
+
+            xs = (a, b)
+        _, hs = lax.scan(step, h0, xs, reverse=reverse, unroll=self.unroll)
+        return hs
+
+
+class AssociativeScan(AbstractScan):
+    r"""A parallel prefix scan with `jax.lax.associative_scan`: $O(L)$ work, $O(\log L)$ depth.
+
+    Pairs compose as $(a_i, b_i) \bullet (a_j, b_j) = (a_j a_i,\ a_j b_i + b_j)$ (THEORY §1).
+    The strategy of choice on accelerators; on CPU its strided passes over memory make it
+    slower than [`recurrax.ChunkedScan`][].
+    """
+
+    def solve(self, semiring, a, b, h0, *, reverse):
+        length = b.shape[0]
+        if _time_invariant(a, b):
+            a = jnp.broadcast_to(a, b.shape)
+        # The initial state enters through the first step processed.
+        first = length - 1 if reverse else 0
+        b = b.at[first].set(semiring.combine(a[first], h0, b[first]))
+
+        def compose(earlier, later):
+            a_e, b_e = earlier
+            a_l, b_l = later
+            return semiring.mul(a_l, a_e), semiring.combine(a_l, b_e, b_l)
+
+        _, hs = lax.associative_scan(compose, (a, b), reverse=reverse, axis=0)
+        return hs
+
+
+def default_chunk_size(length: int) -> int:
+    r"""The chunk size [`recurrax.ChunkedScan`][] uses when none is given: the power of two
+    nearest $\sqrt{L}$, between 8 and 512.
+
+    The three passes of the chunked scan take $C + L/C + C$ loop iterations, which this
+    keeps near their minimum while each iteration still works on $L/C$ time steps at once.
+    """
+    if length <= 1:
+        return 1
+    c = 2 ** round(math.log2(math.sqrt(length)))
+    return int(min(max(c, 8), 512))
+
+
+class ChunkedScan(AbstractScan):
+    r"""Sequential inside chunks, combined across chunks: exact, in three passes.
+
+    Time is cut into $M$ chunks of $C$ consecutive steps. (1) All chunks are run at once,
+    step by step from a zero state, keeping only their final states and the chunk products
+    $\prod a$; (2) a sequential scan over the $M$ chunks carries the true state into each
+    chunk; (3) all chunks are run again at once from their true initial states, writing
+    every state. Each of the $2C + M$ loop iterations touches $M$ (or $C$) time steps
+    together, so the fixed cost per iteration that dominates `lax.scan` on CPU is paid
+    $O(\sqrt{L})$ times instead of $L$ times, and the memory traffic is two reads of `b` and
+    one write of `h`.
+
+    **Arguments:**
+
+    - `chunk_size`: $C$; `None` picks the power of two nearest $\sqrt{L}$ (see
+        [`recurrax.default_chunk_size`][]). A length that is not a multiple of $C$ is padded.
+    """
+
+    chunk_size: int | None = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(
+                f"ChunkedScan: `chunk_size` must be a positive integer or None, got "
+                f"chunk_size={self.chunk_size}."
+            )
+
+    def solve(self, semiring, a, b, h0, *, reverse):
+        length = b.shape[0]
+        state_shape = b.shape[1:]
+        invariant = _time_invariant(a, b)
+        size = self.chunk_size if self.chunk_size is not None else default_chunk_size(length)
+        size = min(size, length)
+        num = -(-length // size)
+        pad = num * size - length
+        if pad:
+            # Padding is processed after every real step, so it changes no real state.
+            where = ((pad, 0) if reverse else (0, pad),) + ((0, 0),) * len(state_shape)
+            zero = semiring.zero((), b.dtype)
+            b = jnp.pad(b, where, constant_values=zero)
+            if not invariant:
+                a = jnp.pad(a, where, constant_values=semiring.one((), a.dtype))
+        blocks = b.reshape(num, size, *state_shape)
+        if invariant:
+            a_blocks = None
+            chunk_a = jnp.broadcast_to(semiring.power(a, size), (num,) + state_shape)
+        else:
+            a_blocks = a.reshape(num, size, *state_shape)
+        order = (lambda i: size - 1 - i) if reverse else (lambda i: i)
+        # A time-invariant coefficient, shaped to act on all chunks at once.
+        a_all = a[None] if invariant else None
+
+        def coeff(c):
+            if invariant:
+                return a_all
+            return lax.dynamic_index_in_dim(a_blocks, c, axis=1, keepdims=False)
+
+        def column(c):
+            return lax.dynamic_index_in_dim(blocks, c, axis=1, keepdims=False)
+
+        # Pass 1: final state of every chunk from a zero state (and the chunk products).
+        zeros = semiring.zero((num,) + state_shape, b.dtype)
+        if invariant:
+
+            def local(i, h):
+                return semiring.combine(a_all, h, column(order(i)))
+
+            ends = lax.fori_loop(0, size, local, zeros)
+        else:
+
+            def local_with_product(i, carry):
+                h, p = carry
+                c = order(i)
+                a_c = coeff(c)
+                return semiring.combine(a_c, h, column(c)), semiring.mul(a_c, p)
+
+            ones = semiring.one((num,) + state_shape, a.dtype)
+            ends, chunk_a = lax.fori_loop(0, size, local_with_product, (zeros, ones))
+
+        # Pass 2: the true state entering each chunk.
+        def across(h, pe):
+            p, e = pe
+            return semiring.combine(p, h, e), h
+
+        _, starts = lax.scan(across, h0, (chunk_a, ends), reverse=reverse)
+
+        # Pass 3: every state, from the true starts, written over the inputs in place.
+        def full(i, carry):
+            h, out = carry
+            c = order(i)
+            b_c = lax.dynamic_index_in_dim(out, c, axis=1, keepdims=False)
+            h = semiring.combine(coeff(c), h, b_c)
+            return h, lax.dynamic_update_index_in_dim(out, h, c, axis=1)
+
+        _, out = lax.fori_loop(0, size, full, (starts, blocks))
+        out = out.reshape(num * size, *state_shape)
+        if pad:
+            out = out[pad:] if reverse else out[:length]
+        return out
+
+
+class AutoScan(AbstractScan):
+    r"""The default strategy: chooses by platform and shape from measurements.
+
+    - CPU: [`recurrax.SequentialScan`][] for $L \le 256$, otherwise
+        [`recurrax.ChunkedScan`][] with the default chunk size (measured by
+        `python -m experiments speed engine`; see the performance page).
+    - GPU and TPU: [`recurrax.AssociativeScan`][], the usual choice on accelerators.
+    """
+
+    sequential_below: int = eqx.field(default=256, static=True)
+
+    def choose(self, length: int) -> AbstractScan:
+        """The strategy used for a sequence of `length` steps on the default backend."""
+        if jax.default_backend() == "cpu":
+            if length <= self.sequential_below:
+                return SequentialScan()
+            return ChunkedScan()
+        return AssociativeScan()
+
+    def solve(self, semiring, a, b, h0, *, reverse):
+        return self.choose(b.shape[0]).solve(semiring, a, b, h0, reverse=reverse)

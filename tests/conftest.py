@@ -1,0 +1,53 @@
+import os
+import random
+
+import hypothesis
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+# Numerical checks run in float64 where they ask for it; promotion must always be explicit.
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# CI: few examples, no deadline, and shapes drawn from small sets (see tests/helpers.py) so
+# that JAX compiles once per shape rather than once per example.
+hypothesis.settings.register_profile(
+    "ci", max_examples=8, deadline=None, derandomize=True, print_blob=True
+)
+hypothesis.settings.register_profile("dev", max_examples=25, deadline=None, print_blob=True)
+hypothesis.settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
+)
+
+
+@pytest.fixture
+def getkey():
+    """A fresh PRNG key on each call."""
+    seed = random.randint(0, 2**31 - 1)
+    key = jax.random.key(seed)
+
+    def _getkey():
+        nonlocal key
+        key, sub = jax.random.split(key)
+        return sub
+
+    return _getkey
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def long_length():
+    """Length for the slow accuracy checks: 65,536 with RECURRAX_FULL=1, else bounded."""
+    return 65_536 if os.environ.get("RECURRAX_FULL") else 8_192
+
+
+def pytest_report_header(config):
+    return f"jax {jax.__version__}, backend {jax.default_backend()}, x64 {jnp.zeros(()).dtype}"
