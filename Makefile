@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.recurrax-installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean test-lower-bounds
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,5 +25,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# The suite against the oldest dependency versions pyproject.toml allows.
+test-lower-bounds:
+	@test -x .venv-lower/bin/python || $(PYTHON) -m venv .venv-lower
+	.venv-lower/bin/python -m pip install --quiet -r .ci/lower-bounds.txt
+	.venv-lower/bin/python -m pip install --quiet --no-deps -e .
+	.venv-lower/bin/python -m pytest
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) .venv-lower runs .pytest_cache .hypothesis .ruff_cache

@@ -1,6 +1,8 @@
 """Timing and memory helpers shared by the speed experiments."""
 
 import dataclasses
+import os
+import pathlib
 import platform
 import statistics
 import time
@@ -57,8 +59,6 @@ class Machine:
                         break
         except OSError:  # pragma: no cover - not Linux
             pass
-        import os
-
         return cls(
             device=f"{device.platform}:{kind}",
             cpu=cpu,
@@ -68,6 +68,17 @@ class Machine:
 
     def line(self) -> str:
         return f"device {self.device}; CPU {self.cpu} ({self.cores} cores); JAX {self.jax_version}"
+
+
+def emit_report(text: str, out: str | None) -> None:
+    """Print a report and, when `out` is given, write it there (creating folders)."""
+    print()
+    print(text)
+    if out:
+        path = pathlib.Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"Wrote {path}")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

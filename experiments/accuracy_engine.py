@@ -10,15 +10,13 @@ The log-space solver gets the positive versions (b_t > 0; real |λ| in the first
 is compared with the common public log-space form, cumsum(log a) + logcumsumexp.
 """
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import recurrax
 
-from ._timing import Machine, markdown_table
+from ._timing import emit_report, Machine, markdown_table
 
 
 LENGTH = 65_536
@@ -128,11 +126,5 @@ def run(args) -> int:
         )
         + "\n"
     )
-    print()
-    print(text)
-    if args.out:
-        path = pathlib.Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"Wrote {path}")
+    emit_report(text, args.out)
     return 0

@@ -15,14 +15,13 @@ XLA's compiled figure (temporaries plus outputs).
 """
 
 import dataclasses
-import pathlib
 
 import jax
 import jax.numpy as jnp
 
 import recurrax
 
-from ._timing import compiled_peak_bytes, Machine, markdown_table, median_time, mib, ms
+from ._timing import compiled_peak_bytes, emit_report, Machine, markdown_table, median_time, mib, ms
 
 
 BATCH = 8
@@ -175,11 +174,5 @@ def run(args) -> int:
         + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
     )
     text = report(rows, floors, machine, command)
-    print()
-    print(text)
-    if args.out:
-        path = pathlib.Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"Wrote {path}")
+    emit_report(text, args.out)
     return 0

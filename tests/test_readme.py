@@ -7,6 +7,12 @@ import jax
 import pytest
 
 
+try:  # JAX >= 0.6
+    from jax import enable_x64
+except ImportError:  # the tested lower bound, JAX 0.5
+    from jax.experimental import enable_x64
+
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
@@ -14,7 +20,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_example_runs(code):
     # Users run with JAX's default configuration: float32 and standard promotion.
-    with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"):
+    with enable_x64(False), jax.numpy_dtype_promotion("standard"):
         exec(compile(code, "README.md", "exec"), {})
 
 
