@@ -1,4 +1,4 @@
-"""Command line: `python -m experiments {speed,accuracy} engine [...]`."""
+"""Command line: `python -m experiments speed {engine,lru}`, `accuracy engine`."""
 
 import argparse
 import sys
@@ -19,6 +19,13 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument(
         "--out", default="docs/results/speed-engine.md", help="markdown file for the tables"
     )
+    lru = which.add_parser(
+        "lru", help="the LRU layer against the common associative-scan form; scan or convolution"
+    )
+    lru.add_argument("--length", type=int, default=2048, help="sequence length")
+    lru.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    lru.add_argument("--no-choice", action="store_true", help="skip the scan-or-convolution table")
+    lru.add_argument("--out", default="docs/results/speed-lru.md", help="markdown file")
     accuracy = commands.add_parser("accuracy", help="float32 accuracy measurements")
     which_acc = accuracy.add_subparsers(dest="which", required=True)
     acc = which_acc.add_parser("engine", help="every strategy against a float64 loop")
@@ -39,6 +46,10 @@ def main(argv=None) -> int:
         from . import speed_engine
 
         return speed_engine.run(args)
+    if args.command == "speed" and args.which == "lru":
+        from . import speed_lru
+
+        return speed_lru.run(args)
     if args.command == "accuracy" and args.which == "engine":
         from . import accuracy_engine
 

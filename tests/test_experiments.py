@@ -5,6 +5,7 @@ import pytest
 
 from experiments import accuracy_engine, speed_engine
 from experiments.__main__ import main
+from experiments._timing import Machine
 
 
 def test_speed_engine_command_writes_its_tables(tmp_path, capsys):
@@ -56,3 +57,31 @@ def test_accuracy_command_writes_its_table(tmp_path):
     out = tmp_path / "acc.md"
     assert main(["accuracy", "engine", "--length", "256", "--out", str(out)]) == 0
     assert "| strong decay | log_linear_recurrence | ChunkedScan |" in out.read_text()
+
+
+def test_speed_lru_command_writes_its_tables(tmp_path):
+    from experiments import speed_lru
+
+    out = tmp_path / "lru.md"
+    args = ["speed", "lru", "--length", "32", "--repeats", "1", "--no-choice", "--out", str(out)]
+    assert main(args) == 0
+    text = out.read_text()
+    for name in speed_lru.implementations():
+        assert f"| {name} |" in text
+    assert "Default against the common form" in text
+    choice = speed_lru.measure_choice(lengths=(16,), repeats=1, log=lambda *_: None)
+    rows = speed_lru.measure(16, 1, log=lambda *_: None)
+    table = speed_lru.report(rows, choice, Machine.here(), "x")
+    assert "## Scan or convolution?" in table and "depthwise kernel" in table
+
+
+def test_lru_common_form_is_the_same_layer():
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import speed_lru
+
+    lru, u = speed_lru._lru(), speed_lru._inputs(64, batch=2)
+    ours = jax.vmap(lru)(u)
+    theirs = jax.vmap(lambda u: speed_lru.common_form(lru, u))(u)
+    assert jnp.max(jnp.abs(ours - theirs)) / jnp.max(jnp.abs(theirs)) < 1e-5

@@ -1,0 +1,110 @@
+r"""Discretisations of a continuous diagonal system $\dot x = \Lambda x + B u$.
+
+Every method maps $(\Lambda, \Delta)$ to a discrete eigenvalue $\bar\lambda$ and a per-state
+input factor $s$ with $\bar B = \operatorname{diag}(s) B$ (THEORY §2), so a discretised system
+is again a diagonal recurrence $x_k = \bar\lambda \odot x_{k-1} + s \odot (B u_k)$.
+"""
+
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Complex, Inexact
+
+from ._dtypes import complex_dtype
+
+
+class AbstractDiscretisation(eqx.Module):
+    r"""Abstract base class for the ways of turning a continuous diagonal system into a
+    discrete one.
+
+    A discretisation is a value passed as `discretisation=` (to
+    [`recurrax.DiagonalSSM`][], [`recurrax.ContinuousDiagonalSystem.discretise`][], ...).
+    Subclass and implement `__call__` to add one.
+    """
+
+    @abc.abstractmethod
+    def __call__(
+        self, lam: Complex[ArrayLike, "*shape"], step: Inexact[ArrayLike, "*shape"]
+    ) -> tuple[Complex[Array, "*shape"], Complex[Array, "*shape"]]:
+        r"""Discretise eigenvalues $\Lambda$ with steps $\Delta$ (broadcast together).
+
+        **Arguments:**
+
+        - `lam`: continuous-time eigenvalues $\Lambda$, complex, any shape.
+        - `step`: positive steps $\Delta$, real, broadcastable with `lam` (one per state,
+            one per feature, or one per time step and state for irregular sampling).
+
+        **Returns:**
+
+        `(lam_bar, scale)`: the discrete eigenvalues $\bar\lambda$ and the input factor $s$
+        with $\bar B = \operatorname{diag}(s) B$, both complex and of the broadcast shape.
+        """
+
+
+def _inputs(lam, step):
+    """Λ as complex, Δ as the same complex dtype (explicitly, for strict promotion), ΔΛ."""
+    lam = jnp.asarray(lam)
+    if not jnp.issubdtype(lam.dtype, jnp.complexfloating):
+        lam = lam.astype(complex_dtype(lam.dtype))
+    step = jnp.asarray(step).astype(lam.dtype)
+    return lam, step, step * lam
+
+
+class ZeroOrderHold(AbstractDiscretisation):
+    r"""Zero-order hold: $\bar\lambda = e^{\Delta\Lambda}$,
+    $\bar B = (\bar\lambda - 1)\Lambda^{-1} B$.
+
+    Exact for an input held constant over each step. The input factor is evaluated as
+    $\Delta \cdot \operatorname{expm1}(\Delta\Lambda) / (\Delta\Lambda)$, which stays accurate
+    for $|\Delta\Lambda| \ll 1$ and equals $\Delta$ at $\Lambda = 0$.
+    """
+
+    def __call__(self, lam, step):
+        lam, step, z = _inputs(lam, step)
+        small = jnp.abs(z) < 1e-30
+        safe_z = jnp.where(small, jnp.ones_like(z), z)
+        phi = jnp.where(small, jnp.ones_like(z), jnp.expm1(safe_z) / safe_z)
+        return jnp.exp(z), step * phi
+
+
+class Bilinear(AbstractDiscretisation):
+    r"""Bilinear (Tustin): $\bar\lambda = (1 + \Delta\Lambda/2)/(1 - \Delta\Lambda/2)$,
+    $\bar B = \Delta/(1 - \Delta\Lambda/2)\,B$.
+
+    Second order against the held-input solution; maps the open left half-plane into the
+    open unit disk, so a stable $\Lambda$ always gives $|\bar\lambda| < 1$.
+    """
+
+    def __call__(self, lam, step):
+        lam, step, z = _inputs(lam, step)
+        denominator = 1 - z / 2
+        return (1 + z / 2) / denominator, step / denominator
+
+
+class ForwardEuler(AbstractDiscretisation):
+    r"""Forward Euler: $\bar\lambda = 1 + \Delta\Lambda$, $\bar B = \Delta B$.
+
+    First order; stable only where $|1 + \Delta\lambda| < 1$, so a large step can leave the
+    unit disk (then the system has no LRU form, see [`recurrax.LRU.from_discrete_system`][]).
+    """
+
+    def __call__(self, lam, step):
+        lam, step, z = _inputs(lam, step)
+        return 1 + z, jnp.broadcast_to(step, z.shape)
+
+
+class BackwardEuler(AbstractDiscretisation):
+    r"""Backward Euler: $\bar\lambda = 1/(1 - \Delta\Lambda)$,
+    $\bar B = \Delta/(1 - \Delta\Lambda)\,B$.
+
+    First order and A-stable: a stable $\Lambda$ gives $|\bar\lambda| < 1$ for every step.
+    """
+
+    def __call__(self, lam, step):
+        lam, step, z = _inputs(lam, step)
+        lam_bar = 1 / (1 - z)
+        return lam_bar, step * lam_bar
+
+
+DISCRETISATIONS = (ZeroOrderHold, Bilinear, ForwardEuler, BackwardEuler)

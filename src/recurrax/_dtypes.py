@@ -1,0 +1,18 @@
+"""Dtype helpers that do not rely on implicit promotion (tests run with strict promotion)."""
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def complex_dtype(dtype) -> np.dtype:
+    """The complex dtype matching a real (or complex) dtype: float64 -> complex128, any other
+    real dtype -> complex64."""
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return dtype
+    return np.dtype(np.complex128) if dtype == np.dtype(np.float64) else np.dtype(np.complex64)
+
+
+def default_float(dtype=None) -> np.dtype:
+    """`dtype` as a NumPy dtype, or JAX's default floating dtype when `None`."""
+    return np.dtype(dtype) if dtype is not None else jnp.zeros(()).dtype

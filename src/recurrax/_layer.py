@@ -1,0 +1,206 @@
+r"""The abstract recurrent layer: everything a diagonal linear recurrence layer does, once.
+
+A concrete layer says how it makes the coefficients $(a_t, b_t)$ of
+$h_t = a_t \odot h_{t-1} + b_t$ from its input and how it reads $y_t$ out of $h_t$; the full
+call, the carried state, one-step streaming, the reverse direction and bidirectional
+evaluation are written here and agree by construction (DESIGN.md).
+"""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Inexact, PRNGKeyArray, Shaped
+
+from ._recurrence import linear_recurrence
+from ._scan import AbstractScan
+
+
+class AbstractRecurrentLayer(eqx.Module):
+    r"""Abstract base class of every layer built on a diagonal linear recurrence.
+
+    Call convention, that of `jax.lax.scan`, for one example (`jax.vmap` for batches):
+
+    - `layer.step(h, x_t) -> (h, y_t)` advances one time step;
+    - `layer.scan(h, x) -> (h_last, y)` equals `jax.lax.scan(layer.step, h, x)` (also with
+        `reverse=True`) but is evaluated in parallel by the engine;
+    - `layer(x) -> y` runs the whole sequence from `layer.init_state()`, in both directions
+        for a bidirectional layer.
+
+    A subclass provides `input_size`, `bidirectional`, `method` (a scan strategy or `None`
+    for the default), `init_state`, `coefficients` and `readout`.
+    """
+
+    input_size: eqx.AbstractVar[int]
+    bidirectional: eqx.AbstractVar[bool]
+    method: eqx.AbstractVar[AbstractScan | None]
+
+    @abc.abstractmethod
+    def init_state(self) -> Inexact[Array, "*state"]:
+        """The state before the first step (zeros unless the layer learns one)."""
+
+    @abc.abstractmethod
+    def coefficients(
+        self, x: Float[Array, "length input"]
+    ) -> tuple[Inexact[Array, "..."], Inexact[Array, "length *state"]]:
+        r"""The recurrence coefficients for an input sequence.
+
+        **Arguments:**
+
+        - `x`: the inputs, `(length, input_size)`.
+
+        **Returns:**
+
+        `(a, b)`: `a` either constant in time, shaped like the state, or per step,
+        `(length, *state)`; `b` of shape `(length, *state)`.
+        """
+
+    @abc.abstractmethod
+    def readout(
+        self, h: Inexact[Array, "length *state"], x: Float[Array, "length input"]
+    ) -> Float[Array, "length output"]:
+        r"""The outputs $y_t$ from the states $h_t$ and the inputs $x_t$.
+
+        For a bidirectional layer `h` is the forward and the reverse states concatenated on
+        the last axis.
+        """
+
+    # -- written once ------------------------------------------------------------------------
+
+    def _check_input(self, x, name: str, *, per_step: bool) -> None:
+        expected = "(input_size,)" if per_step else "(length, input_size)"
+        ndim = 1 if per_step else 2
+        if x.ndim != ndim or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{type(self).__name__}: `{name}` must have shape {expected} with "
+                f"input_size={self.input_size}, got shape {tuple(x.shape)}."
+            )
+
+    def _check_state(self, h) -> None:
+        expected = jax.eval_shape(self.init_state)
+        if h.shape != expected.shape:
+            raise ValueError(
+                f"{type(self).__name__}: the state `h` must have shape {tuple(expected.shape)}, "
+                f"got shape {tuple(h.shape)}."
+            )
+
+    def _check_unidirectional(self, what: str) -> None:
+        if self.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}: `{what}` is undefined for a bidirectional layer (its "
+                f"reverse direction needs the whole sequence); call the layer on the full "
+                f"sequence instead, or build it with bidirectional=False to stream."
+            )
+
+    def scan(
+        self,
+        h: Inexact[Array, "*state"],
+        x: Float[Array, "length input"],
+        *,
+        reverse: bool = False,
+    ) -> tuple[Inexact[Array, "*state"], Float[Array, "length output"]]:
+        r"""Run the sequence `x` from the state `h`: `jax.lax.scan(self.step, h, x)`, in parallel.
+
+        **Arguments:**
+
+        - `h`: the carried state, shaped like `init_state()`.
+        - `x`: the inputs, `(length, input_size)`.
+        - `reverse`: run from the last step to the first, as `jax.lax.scan(..., reverse=True)`.
+
+        **Returns:**
+
+        `(h_last, y)`: the state after the last step processed and the outputs
+        `(length, output_size)`. Splitting a sequence and carrying `h_last` into the second
+        call gives the one-call result.
+
+        **Raises:**
+
+        `ValueError` for a bidirectional layer or shapes that do not fit.
+        """
+        self._check_unidirectional("scan")
+        self._check_input(x, "x", per_step=False)
+        self._check_state(h)
+        a, b = self.coefficients(x)
+        hs = linear_recurrence(a, b, h, reverse=reverse, method=self.method)
+        if x.shape[0] == 0:
+            h_last = h.astype(hs.dtype)
+        else:
+            h_last = hs[0] if reverse else hs[-1]
+        return h_last, self.readout(hs, x)
+
+    def step(
+        self, h: Inexact[Array, "*state"], x_t: Float[Array, " input"]
+    ) -> tuple[Inexact[Array, "*state"], Float[Array, " output"]]:
+        r"""Advance one time step: $h \leftarrow a \odot h + b$, then read $y_t$ out.
+
+        **Arguments:**
+
+        - `h`: the state, shaped like `init_state()`.
+        - `x_t`: one input, `(input_size,)`.
+
+        **Returns:**
+
+        `(h, y_t)`: the new state and the output `(output_size,)`.
+
+        **Raises:**
+
+        `ValueError` for a bidirectional layer or shapes that do not fit.
+        """
+        self._check_unidirectional("step")
+        self._check_input(x_t, "x_t", per_step=True)
+        self._check_state(h)
+        a, b = self.coefficients(x_t[None])
+        a_t = a if a.ndim == b.ndim - 1 else a[0]
+        h = a_t * h.astype(b.dtype) + b[0]
+        return h, self.readout(h[None], x_t[None])[0]
+
+    def __call__(
+        self, x: Float[Array, "length input"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "length output"]:
+        r"""The outputs for a whole sequence from `init_state()`.
+
+        **Arguments:**
+
+        - `x`: the inputs, `(length, input_size)`.
+        - `key`: unused; accepted so that the layer composes like other Equinox layers.
+
+        **Returns:**
+
+        The outputs `(length, output_size)`. For a bidirectional layer, the forward and the
+        reverse recurrences (both from `init_state()`) are read out together.
+        """
+        del key
+        self._check_input(x, "x", per_step=False)
+        a, b = self.coefficients(x)
+        h0 = self.init_state()
+        hs = linear_recurrence(a, b, h0, method=self.method)
+        if self.bidirectional:
+            hs_reverse = linear_recurrence(a, b, h0, reverse=True, method=self.method)
+            hs = jnp.concatenate([hs, hs_reverse], axis=-1)
+        return self.readout(hs, x)
+
+
+def complex_projection(
+    weight_re: Float[Array, "state input"],
+    weight_im: Float[Array, "state input"],
+    x: Float[Array, "length input"],
+) -> Shaped[Array, "length state"]:
+    r"""$W x_t$ for a complex $W = W_{re} + i W_{im}$ and a real $x$, as one real matmul
+    $[W_{re}; W_{im}]\, x_t$ (half the work of promoting $x$ to complex)."""
+    n = weight_re.shape[0]
+    stacked = jnp.concatenate([weight_re, weight_im], axis=0)
+    out = x @ stacked.T
+    return jax.lax.complex(out[:, :n], out[:, n:])
+
+
+def real_readout(
+    c_re: Float[Array, "output state"],
+    c_im: Float[Array, "output state"],
+    h: Shaped[Array, "length state"],
+) -> Float[Array, "length output"]:
+    r"""$\operatorname{Re}(C h_t) = C_{re}\, \operatorname{Re} h_t - C_{im}\, \operatorname{Im} h_t$
+    as one real matmul."""
+    stacked = jnp.concatenate([c_re, -c_im], axis=1)
+    parts = jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1)
+    return parts @ stacked.T
