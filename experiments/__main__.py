@@ -1,4 +1,4 @@
-"""Command line: `python -m experiments speed {engine,lru}`, `accuracy engine`."""
+"""Command line: `python -m experiments speed {engine,lru,minrnn}`, `accuracy {engine,minrnn}`."""
 
 import argparse
 import sys
@@ -26,6 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     lru.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     lru.add_argument("--no-choice", action="store_true", help="skip the scan-or-convolution table")
     lru.add_argument("--out", default="docs/results/speed-lru.md", help="markdown file")
+    minrnn = which.add_parser(
+        "minrnn", help="training step of GRU, LSTM, minGRU, minLSTM and LRU against length"
+    )
+    minrnn.add_argument("--lengths", type=int, nargs="+", help="sequence lengths to time")
+    minrnn.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    minrnn.add_argument(
+        "--out", default="docs/results/speed-minrnn.md", help="markdown file (PNG beside it)"
+    )
     accuracy = commands.add_parser("accuracy", help="float32 accuracy measurements")
     which_acc = accuracy.add_subparsers(dest="which", required=True)
     acc = which_acc.add_parser("engine", help="every strategy against a float64 loop")
@@ -34,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default="docs/results/accuracy-engine.md", help="markdown file for the table"
     )
     acc.set_defaults(repeats=1)
+    acc_min = which_acc.add_parser("minrnn", help="minGRU/minLSTM in log and linear space")
+    acc_min.add_argument("--length", type=int, default=65_536, help="sequence length")
+    acc_min.add_argument(
+        "--out", default="docs/results/accuracy-minrnn.md", help="markdown file for the table"
+    )
+    acc_min.set_defaults(repeats=1)
     return parser
 
 
@@ -50,6 +64,14 @@ def main(argv=None) -> int:
         from . import speed_lru
 
         return speed_lru.run(args)
+    if args.command == "speed" and args.which == "minrnn":
+        from . import speed_minrnn
+
+        return speed_minrnn.run(args)
+    if args.command == "accuracy" and args.which == "minrnn":
+        from . import accuracy_minrnn
+
+        return accuracy_minrnn.run(args)
     if args.command == "accuracy" and args.which == "engine":
         from . import accuracy_engine
 

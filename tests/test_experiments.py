@@ -85,3 +85,32 @@ def test_lru_common_form_is_the_same_layer():
     ours = jax.vmap(lru)(u)
     theirs = jax.vmap(lambda u: speed_lru.common_form(lru, u))(u)
     assert jnp.max(jnp.abs(ours - theirs)) / jnp.max(jnp.abs(theirs)) < 1e-5
+
+
+def test_speed_minrnn_command_writes_table_and_plot(tmp_path):
+    from experiments import speed_minrnn
+
+    out = tmp_path / "minrnn.md"
+    args = ["speed", "minrnn", "--lengths", "16", "32", "--repeats", "1", "--out", str(out)]
+    assert main(args) == 0
+    text = out.read_text()
+    for name in speed_minrnn.models():
+        assert f"| {name} |" in text
+    assert "minGRU vs GRU" in text and "Peak memory" in text
+    png = out.with_suffix(".png")
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_minrnn_reference_and_command(tmp_path):
+    import jax
+
+    import recurrax
+    from experiments import accuracy_minrnn
+
+    layer = recurrax.MinLSTM(3, 4, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (20, 3))
+    assert np.allclose(accuracy_minrnn.reference(layer, x), layer(x), rtol=1e-10)
+    out = tmp_path / "acc.md"
+    assert main(["accuracy", "minrnn", "--length", "64", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| long memory | minLSTM | log | SequentialScan |" in text

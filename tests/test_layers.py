@@ -211,7 +211,8 @@ def test_empty_sequence(name, getkey):
 
 def test_float32_layers_match_float64(getkey):
     """float32 parameters and inputs: the recurrence stays within float32 rounding of the
-    float64 result (relative error <= 1e-5 at L = 1000)."""
+    float64 result. Rounding errors of size eps = 6e-8 persist for about 1 / (1 - |λ|) = 1000
+    steps at |λ| = 0.999, so the bound is 2e-4 relative."""
 
     def to32(tree):
         return jax.tree_util.tree_map(
@@ -227,4 +228,4 @@ def test_float32_layers_match_float64(getkey):
         y32 = to32(layer64)(to32(x64))
         assert y32.dtype == jnp.float32
         err = np.max(np.abs(np.asarray(y32, np.float64) - np.asarray(y64)))
-        assert err / np.max(np.abs(np.asarray(y64))) < 1e-5
+        assert err / np.max(np.abs(np.asarray(y64))) < 2e-4

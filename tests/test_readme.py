@@ -1,10 +1,15 @@
-"""Every Python example in README.md runs as written."""
+"""Every Python example runs as written: README.md, docs/*.md and the docstrings of the
+public API."""
 
+import inspect
 import pathlib
 import re
+import textwrap
 
 import jax
 import pytest
+
+import recurrax
 
 
 try:  # JAX >= 0.6
@@ -14,16 +19,48 @@ except ImportError:  # the tested lower bound, JAX 0.5
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+FENCE = re.compile(r"```python\n(.*?)```", re.S)
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code):
+def _markdown_blocks():
+    files = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+    for path in files:
+        for i, code in enumerate(FENCE.findall(path.read_text())):
+            yield pytest.param(code, id=f"{path.relative_to(ROOT)}:{i}")
+
+
+def _docstring_blocks():
+    seen = set()
+    for name in sorted(n for n in dir(recurrax) if not n.startswith("_")):
+        obj = getattr(recurrax, name)
+        members = [obj]
+        if inspect.isclass(obj):
+            members += [m for _, m in inspect.getmembers(obj) if inspect.isfunction(m)]
+        for member in members:
+            doc = inspect.getdoc(member) or ""
+            for i, code in enumerate(FENCE.findall(doc)):
+                code = textwrap.dedent(code)
+                if code not in seen:
+                    seen.add(code)
+                    yield pytest.param(code, id=f"{name}.{getattr(member, '__name__', '')}:{i}")
+
+
+def _run(code, where):
     # Users run with JAX's default configuration: float32 and standard promotion.
     with enable_x64(False), jax.numpy_dtype_promotion("standard"):
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, where, "exec"), {})
+
+
+@pytest.mark.parametrize("code", list(_markdown_blocks()))
+def test_markdown_example_runs(code):
+    _run(code, "markdown")
+
+
+@pytest.mark.parametrize("code", list(_docstring_blocks()))
+def test_docstring_example_runs(code):
+    _run(code, "docstring")
 
 
 def test_readme_has_examples_and_commands():
     text = (ROOT / "README.md").read_text()
-    assert BLOCKS and "make demo" in text and "make test" in text
+    assert FENCE.findall(text) and "make demo" in text and "make test" in text

@@ -21,10 +21,12 @@ from ._init import (
 from ._layer import AbstractRecurrentLayer as AbstractRecurrentLayer
 from ._lru import LRU as LRU, stability_floor as stability_floor
 from ._lti import AbstractLTILayer as AbstractLTILayer
+from ._minrnn import g as g, log_g as log_g, MinGRU as MinGRU, MinLSTM as MinLSTM
 from ._recurrence import (
     linear_recurrence as linear_recurrence,
     log_linear_recurrence as log_linear_recurrence,
 )
+from ._rnn import GRU as GRU, LSTM as LSTM
 from ._scan import (
     AbstractScan as AbstractScan,
     AssociativeScan as AssociativeScan,

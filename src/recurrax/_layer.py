@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Inexact, PRNGKeyArray, Shaped
 
-from ._recurrence import linear_recurrence
+from ._recurrence import linear_recurrence, log_linear_recurrence
 from ._scan import AbstractScan
 
 
@@ -28,12 +28,16 @@ class AbstractRecurrentLayer(eqx.Module):
     - `layer(x) -> y` runs the whole sequence from `layer.init_state()`, in both directions
         for a bidirectional layer.
 
-    A subclass provides `input_size`, `bidirectional`, `method` (a scan strategy or `None`
-    for the default), `init_state`, `coefficients` and `readout`.
+    A subclass provides `input_size`, `bidirectional`, `log_space`, `method` (a scan
+    strategy or `None` for the default), `init_state`, `coefficients` and `readout`. With
+    `log_space=True` the coefficients are $(\log a_t, \log b_t)$ of a positive system and the
+    parallel evaluation goes through [`recurrax.log_linear_recurrence`][]; the state itself is
+    always kept in linear space.
     """
 
     input_size: eqx.AbstractVar[int]
     bidirectional: eqx.AbstractVar[bool]
+    log_space: eqx.AbstractVar[bool]
     method: eqx.AbstractVar[AbstractScan | None]
 
     @abc.abstractmethod
@@ -93,6 +97,29 @@ class AbstractRecurrentLayer(eqx.Module):
                 f"sequence instead, or build it with bidirectional=False to stream."
             )
 
+    def _log_state(self, h: Array) -> Array:
+        """log h for a state that must be non-negative in log space (log 0 = -inf, with a zero
+        derivative there); a negative state is an error."""
+        message = (
+            f"{type(self).__name__}: in log space the state `h` must be >= 0 (log h0 = -inf "
+            f"for h0 = 0); got a negative entry. Use log_space=False for signed states."
+        )
+        if isinstance(h, jax.core.Tracer):
+            h = eqx.error_if(h, jnp.any(h < 0), message)
+        elif bool(jnp.any(h < 0)):
+            raise ValueError(f"{message[:-1]}: min h = {float(jnp.min(h)):.6g}.")
+        positive = h > 0
+        return jnp.where(positive, jnp.log(jnp.where(positive, h, 1)), -jnp.inf)
+
+    def _solve(self, a, b, h0, *, reverse: bool = False):
+        """All states from `h0` (in linear space), by the engine of the layer's space."""
+        if self.log_space:
+            log_h = log_linear_recurrence(
+                a, b, self._log_state(h0), reverse=reverse, method=self.method
+            )
+            return jnp.exp(log_h)
+        return linear_recurrence(a, b, h0, reverse=reverse, method=self.method)
+
     def scan(
         self,
         h: Inexact[Array, "*state"],
@@ -122,7 +149,7 @@ class AbstractRecurrentLayer(eqx.Module):
         self._check_input(x, "x", per_step=False)
         self._check_state(h)
         a, b = self.coefficients(x)
-        hs = linear_recurrence(a, b, h, reverse=reverse, method=self.method)
+        hs = self._solve(a, b, h, reverse=reverse)
         if x.shape[0] == 0:
             h_last = h.astype(hs.dtype)
         else:
@@ -152,7 +179,13 @@ class AbstractRecurrentLayer(eqx.Module):
         self._check_state(h)
         a, b = self.coefficients(x_t[None])
         a_t = a if a.ndim == b.ndim - 1 else a[0]
-        h = a_t * h.astype(b.dtype) + b[0]
+        b_t = b[0]
+        if self.log_space:
+            # One step needs no log-space accumulation: a h + b directly, whose derivative is
+            # finite at h = 0.
+            self._log_state(h)
+            a_t, b_t = jnp.exp(a_t), jnp.exp(b_t)
+        h = a_t * h.astype(b_t.dtype) + b_t
         return h, self.readout(h[None], x_t[None])[0]
 
     def __call__(
@@ -174,9 +207,9 @@ class AbstractRecurrentLayer(eqx.Module):
         self._check_input(x, "x", per_step=False)
         a, b = self.coefficients(x)
         h0 = self.init_state()
-        hs = linear_recurrence(a, b, h0, method=self.method)
+        hs = self._solve(a, b, h0)
         if self.bidirectional:
-            hs_reverse = linear_recurrence(a, b, h0, reverse=True, method=self.method)
+            hs_reverse = self._solve(a, b, h0, reverse=True)
             hs = jnp.concatenate([hs, hs_reverse], axis=-1)
         return self.readout(hs, x)
 

@@ -279,9 +279,7 @@ class LRU(AbstractLTILayer):
             key=jax.random.key(0),
         )
         return eqx.tree_at(
-            lambda m: (
-                m.nu_log, m.theta_log, m.gamma_log, m.B_re, m.B_im, m.C_re, m.C_im, m.D
-            ),
+            lambda m: (m.nu_log, m.theta_log, m.gamma_log, m.B_re, m.B_im, m.C_re, m.C_im, m.D),
             skeleton,
             (
                 jnp.log(nu),

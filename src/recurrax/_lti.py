@@ -28,6 +28,11 @@ class AbstractLTILayer(AbstractRecurrentLayer):
 
     D: eqx.AbstractVar[Float[Array, " input"]]
 
+    @property
+    def log_space(self) -> bool:
+        """Time-invariant layers are complex: always evaluated in linear space."""
+        return False
+
     @abc.abstractmethod
     def kernel(self, length: int, *, reverse: bool = False) -> Float[Array, "length ..."]:
         r"""The convolution kernel $K_j = \operatorname{Re}(C\operatorname{diag}(\bar\lambda^j)

@@ -123,9 +123,7 @@ class DiagonalSSM(AbstractLTILayer):
         _check_size("DiagonalSSM", "input_size", input_size)
         _check_size("DiagonalSSM", "state_size", state_size)
         if delta not in _DELTAS:
-            raise ValueError(
-                f"DiagonalSSM: `delta` must be one of {_DELTAS}, got delta={delta!r}."
-            )
+            raise ValueError(f"DiagonalSSM: `delta` must be one of {_DELTAS}, got delta={delta!r}.")
         if not (0 < step_min <= step_max < np.inf):
             raise ValueError(
                 f"DiagonalSSM: the step range needs 0 < step_min <= step_max < inf, got "

@@ -1,0 +1,192 @@
+r"""Classic GRU and LSTM over time: the nonlinear baselines of the minRNN comparison."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.nn as jnn
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._dtypes import default_float
+
+
+def _check_sizes(owner, input_size, hidden_size):
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ValueError(f"{owner}: `{name}` must be a positive integer, got {name}={value!r}.")
+
+
+def _uniform(key, shape, bound, dtype):
+    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+
+def _check_input(owner, x, input_size, per_step):
+    ndim, expected = (1, "(input_size,)") if per_step else (2, "(length, input_size)")
+    name = "x_t" if per_step else "x"
+    if x.ndim != ndim or x.shape[-1] != input_size:
+        raise ValueError(
+            f"{owner}: `{name}` must have shape {expected} with input_size={input_size}, got "
+            f"shape {tuple(x.shape)}."
+        )
+
+
+class GRU(eqx.Module):
+    r"""A classic GRU run over time (the layout and equations of `equinox.nn.GRUCell`):
+
+    $$r = \sigma(W_{ir} x + b_r + W_{hr} h),\ z = \sigma(W_{iz} x + b_z + W_{hz} h),\
+    n = \tanh(W_{in} x + b_n + r \odot (W_{hn} h + b_{hn})),\ h' = n + z \odot (h - n).$$
+
+    The input projections of all time steps are computed at once before the sequential
+    loop (only $W_h h$ is inside it). Same call convention as every recurrax layer
+    (`step`, `scan`, `__call__`, `init_state`); $y_t = h_t$.
+
+    **Fields:** `weight_ih` `(3 hidden, input)`, `weight_hh` `(3 hidden, hidden)`, `bias`
+    `(3 hidden,)`, `bias_n` `(hidden,)`: $3 d_h (d_x + d_h) + 4 d_h$ parameters.
+    """
+
+    weight_ih: Float[Array, "3*hidden input"]
+    weight_hh: Float[Array, "3*hidden hidden"]
+    bias: Float[Array, " 3*hidden"]
+    bias_n: Float[Array, " hidden"]
+    input_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+
+    def __init__(self, input_size: int, hidden_size: int, *, dtype=None, key: PRNGKeyArray):
+        """Uniform $(-1/\\sqrt{d_h}, 1/\\sqrt{d_h})$ initialisation (as PyTorch and Equinox).
+
+        **Raises:** `ValueError` naming a non-positive size."""
+        _check_sizes("GRU", input_size, hidden_size)
+        dtype = default_float(dtype)
+        bound = 1 / math.sqrt(hidden_size)
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        h = hidden_size
+        self.weight_ih = _uniform(k1, (3 * h, input_size), bound, dtype)
+        self.weight_hh = _uniform(k2, (3 * h, h), bound, dtype)
+        self.bias = _uniform(k3, (3 * h,), bound, dtype)
+        self.bias_n = _uniform(k4, (h,), bound, dtype)
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def init_state(self) -> Float[Array, " hidden"]:
+        """Zeros, `(hidden_size,)`."""
+        return jnp.zeros((self.hidden_size,), self.weight_hh.dtype)
+
+    def _cell(self, h, gi):
+        gh = self.weight_hh @ h
+        i_r, i_z, i_n = jnp.split(gi, 3)
+        h_r, h_z, h_n = jnp.split(gh, 3)
+        r = jnn.sigmoid(i_r + h_r)
+        z = jnn.sigmoid(i_z + h_z)
+        n = jnn.tanh(i_n + r * (h_n + self.bias_n))
+        return n + z * (h - n)
+
+    def step(
+        self, h: Float[Array, " hidden"], x_t: Float[Array, " input"]
+    ) -> tuple[Float[Array, " hidden"], Float[Array, " hidden"]]:
+        """One step: `(h, x_t) -> (h', h')`."""
+        _check_input("GRU", x_t, self.input_size, per_step=True)
+        h = self._cell(h, self.weight_ih @ x_t + self.bias)
+        return h, h
+
+    def scan(
+        self, h: Float[Array, " hidden"], x: Float[Array, "length input"], *, reverse: bool = False
+    ) -> tuple[Float[Array, " hidden"], Float[Array, "length hidden"]]:
+        """`jax.lax.scan(lambda h, x_t: self.step(h, x_t), h, x, reverse=reverse)`, with the
+        input projections hoisted out of the loop."""
+        _check_input("GRU", x, self.input_size, per_step=False)
+        gi = x @ self.weight_ih.T + self.bias[None]
+
+        def body(h, gi_t):
+            h = self._cell(h, gi_t)
+            return h, h
+
+        return lax.scan(body, h, gi, reverse=reverse)
+
+    def __call__(
+        self, x: Float[Array, "length input"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "length hidden"]:
+        """All hidden states from zeros, `(length, hidden_size)`."""
+        return self.scan(self.init_state(), x)[1]
+
+
+class LSTM(eqx.Module):
+    r"""A classic LSTM run over time (the layout and equations of `equinox.nn.LSTMCell`):
+
+    $$[i, f, g, o] = W_i x + W_h h + b,\quad c' = \sigma(f) \odot c + \sigma(i) \odot \tanh(g),\quad
+    h' = \sigma(o) \odot \tanh(c').$$
+
+    The state is the pair `(h, c)`; $y_t = h_t$. Input projections are hoisted out of the
+    sequential loop. Same call convention as every recurrax layer.
+
+    **Fields:** `weight_ih` `(4 hidden, input)`, `weight_hh` `(4 hidden, hidden)`, `bias`
+    `(4 hidden,)`: $4 d_h (d_x + d_h) + 4 d_h$ parameters.
+    """
+
+    weight_ih: Float[Array, "4*hidden input"]
+    weight_hh: Float[Array, "4*hidden hidden"]
+    bias: Float[Array, " 4*hidden"]
+    input_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+
+    def __init__(self, input_size: int, hidden_size: int, *, dtype=None, key: PRNGKeyArray):
+        """Uniform $(-1/\\sqrt{d_h}, 1/\\sqrt{d_h})$ initialisation (as PyTorch and Equinox).
+
+        **Raises:** `ValueError` naming a non-positive size."""
+        _check_sizes("LSTM", input_size, hidden_size)
+        dtype = default_float(dtype)
+        bound = 1 / math.sqrt(hidden_size)
+        k1, k2, k3 = jax.random.split(key, 3)
+        h = hidden_size
+        self.weight_ih = _uniform(k1, (4 * h, input_size), bound, dtype)
+        self.weight_hh = _uniform(k2, (4 * h, h), bound, dtype)
+        self.bias = _uniform(k3, (4 * h,), bound, dtype)
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def init_state(self) -> tuple[Float[Array, " hidden"], Float[Array, " hidden"]]:
+        """`(h, c)`, zeros, each `(hidden_size,)`."""
+        zeros = jnp.zeros((self.hidden_size,), self.weight_hh.dtype)
+        return zeros, zeros
+
+    def _cell(self, state, gi):
+        h, c = state
+        i, f, g, o = jnp.split(gi + self.weight_hh @ h, 4)
+        c = jnn.sigmoid(f) * c + jnn.sigmoid(i) * jnn.tanh(g)
+        h = jnn.sigmoid(o) * jnn.tanh(c)
+        return h, c
+
+    def step(
+        self,
+        state: tuple[Float[Array, " hidden"], Float[Array, " hidden"]],
+        x_t: Float[Array, " input"],
+    ) -> tuple[tuple[Float[Array, " hidden"], Float[Array, " hidden"]], Float[Array, " hidden"]]:
+        """One step: `((h, c), x_t) -> ((h', c'), h')`."""
+        _check_input("LSTM", x_t, self.input_size, per_step=True)
+        state = self._cell(state, self.weight_ih @ x_t + self.bias)
+        return state, state[0]
+
+    def scan(
+        self,
+        state: tuple[Float[Array, " hidden"], Float[Array, " hidden"]],
+        x: Float[Array, "length input"],
+        *,
+        reverse: bool = False,
+    ) -> tuple[
+        tuple[Float[Array, " hidden"], Float[Array, " hidden"]], Float[Array, "length hidden"]
+    ]:
+        """`jax.lax.scan(lambda s, x_t: self.step(s, x_t), state, x, reverse=reverse)`, with
+        the input projections hoisted out of the loop."""
+        _check_input("LSTM", x, self.input_size, per_step=False)
+        gi = x @ self.weight_ih.T + self.bias[None]
+
+        def body(state, gi_t):
+            state = self._cell(state, gi_t)
+            return state, state[0]
+
+        return lax.scan(body, state, gi, reverse=reverse)
+
+    def __call__(
+        self, x: Float[Array, "length input"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "length hidden"]:
+        """All hidden states from zeros, `(length, hidden_size)`."""
+        return self.scan(self.init_state(), x)[1]
