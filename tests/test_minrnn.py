@@ -162,6 +162,10 @@ def test_negative_state_in_log_space_is_an_error(cls, getkey):
         layer.scan(h0, x)
     with pytest.raises(Exception, match="must be >= 0"):
         jax.block_until_ready(eqx.filter_jit(lambda m, h: m.scan(h, x))(layer, h0))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        layer.step(h0, x[0])
+    with pytest.raises(Exception, match="must be >= 0"):
+        jax.block_until_ready(eqx.filter_jit(lambda m, h: m.step(h, x[0]))(layer, h0))
     signed = cls(2, 3, log_space=False, key=getkey())
     assert np.isfinite(np.asarray(signed.scan(h0, x)[1])).all()
 
@@ -268,3 +272,22 @@ def test_batched_carried_states_stay_per_example(cls, getkey):
     h_last, y = jax.vmap(layer.scan)(h0, x)
     for i in range(3):
         assert tree_allclose((h_last[i], y[i]), layer.scan(h0[i], x[i]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=["MinGRU", "MinLSTM"])
+def test_learned_initial_state(cls, getkey):
+    key = getkey()
+    layer = cls(3, 4, learn_initial_state=True, key=key)
+    assert tree_allclose(layer.init_state(), jnp.zeros(4))
+    assert _count(layer) == _count(cls(3, 4, key=key)) + 4
+    h0 = jax.random.normal(getkey(), (4,))
+    layer = eqx.tree_at(lambda m: m.initial_state, layer, h0)
+    x = jax.random.normal(getkey(), (20, 3))
+    assert tree_allclose(layer(x), min_reference(layer, x, h0), rtol=1e-11)
+    grad = eqx.filter_grad(lambda m: jnp.sum(m(x) ** 2))(layer).initial_state
+    eps = 1e-6
+    bumped = eqx.tree_at(lambda m: m.initial_state, layer, h0.at[0].add(eps))
+    fd = (jnp.sum(bumped(x) ** 2) - jnp.sum(layer(x) ** 2)) / eps
+    assert abs(float(grad[0]) - float(fd)) < 1e-4 * max(1.0, abs(float(fd)))
+    with pytest.raises(ValueError, match="learn_initial_state"):
+        cls(3, 4, learn_initial_state=True, log_space=True, key=key)

@@ -97,17 +97,22 @@ class AbstractRecurrentLayer(eqx.Module):
                 f"sequence instead, or build it with bidirectional=False to stream."
             )
 
-    def _log_state(self, h: Array) -> Array:
-        """log h for a state that must be non-negative in log space (log 0 = -inf, with a zero
-        derivative there); a negative state is an error."""
+    def _nonnegative(self, h: Array) -> Array:
+        """`h`, checked to be >= 0 (the state of a log-space layer): a ValueError for concrete
+        values, `equinox.error_if` (whose result is used) under tracing."""
         message = (
             f"{type(self).__name__}: in log space the state `h` must be >= 0 (log h0 = -inf "
             f"for h0 = 0); got a negative entry. Use log_space=False for signed states."
         )
         if isinstance(h, jax.core.Tracer):
-            h = eqx.error_if(h, jnp.any(h < 0), message)
-        elif bool(jnp.any(h < 0)):
+            return eqx.error_if(h, jnp.any(h < 0), message)
+        if bool(jnp.any(h < 0)):
             raise ValueError(f"{message[:-1]}: min h = {float(jnp.min(h)):.6g}.")
+        return h
+
+    def _log_state(self, h: Array) -> Array:
+        """log h of a non-negative state; log 0 = -inf, with a zero derivative there."""
+        h = self._nonnegative(h)
         positive = h > 0
         return jnp.where(positive, jnp.log(jnp.where(positive, h, 1)), -jnp.inf)
 
@@ -183,7 +188,7 @@ class AbstractRecurrentLayer(eqx.Module):
         if self.log_space:
             # One step needs no log-space accumulation: a h + b directly, whose derivative is
             # finite at h = 0.
-            self._log_state(h)
+            h = self._nonnegative(h)
             a_t, b_t = jnp.exp(a_t), jnp.exp(b_t)
         h = a_t * h.astype(b_t.dtype) + b_t
         return h, self.readout(h[None], x_t[None])[0]

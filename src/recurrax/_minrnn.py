@@ -45,6 +45,20 @@ def _check_common(owner, input_size, hidden_size, candidate, log_space):
         )
 
 
+def _check_initial(owner, learn_initial_state, log_space):
+    if learn_initial_state and log_space:
+        raise ValueError(
+            f"{owner}: learn_initial_state=True needs log_space=False: a trained initial state "
+            f"can turn negative, which log space cannot represent."
+        )
+
+
+def _initial(layer):
+    if layer.initial_state is not None:
+        return layer.initial_state
+    return jnp.zeros((layer.hidden_size,), layer.linear_h.weight.dtype)
+
+
 def _linear(in_size, out_size, dtype, key, bias_shift=0.0):
     layer = eqx.nn.Linear(in_size, out_size, dtype=dtype, key=key)
     if bias_shift:
@@ -96,6 +110,7 @@ class MinGRU(AbstractRecurrentLayer):
 
     linear_z: eqx.nn.Linear
     linear_h: eqx.nn.Linear
+    initial_state: Float[Array, " hidden"] | None
     input_size: int = eqx.field(static=True)
     hidden_size: int = eqx.field(static=True)
     candidate: Literal["g", "linear"] = eqx.field(static=True)
@@ -109,6 +124,7 @@ class MinGRU(AbstractRecurrentLayer):
         *,
         candidate: Literal["g", "linear"] = "g",
         log_space: bool = False,
+        learn_initial_state: bool = False,
         method: AbstractScan | None = None,
         dtype=None,
         key: PRNGKeyArray,
@@ -118,6 +134,9 @@ class MinGRU(AbstractRecurrentLayer):
         - `input_size`, `hidden_size`: $d_x$, $d_h$.
         - `candidate`: `"g"` (positive, the paper's) or `"linear"`.
         - `log_space`: evaluate through the log-space engine (only with `candidate="g"`).
+        - `learn_initial_state`: make $h_0$ a trainable parameter `initial_state` (zeros at
+            first) returned by `init_state()`; linear space only, since a trained $h_0$ may
+            turn negative.
         - `method`: the scan strategy.
         - `dtype`: parameter dtype.
         - `key`: a PRNG key.
@@ -126,10 +145,12 @@ class MinGRU(AbstractRecurrentLayer):
         candidate, or `log_space=True` with a linear candidate.
         """
         _check_common("MinGRU", input_size, hidden_size, candidate, log_space)
+        _check_initial("MinGRU", learn_initial_state, log_space)
         dtype = default_float(dtype)
         kz, kh = jax.random.split(key)
         self.linear_z = _linear(input_size, hidden_size, dtype, kz)
         self.linear_h = _linear(input_size, hidden_size, dtype, kh)
+        self.initial_state = jnp.zeros((hidden_size,), dtype) if learn_initial_state else None
         self.input_size, self.hidden_size = input_size, hidden_size
         self.candidate, self.log_space = candidate, bool(log_space)
         self.method = method
@@ -139,8 +160,8 @@ class MinGRU(AbstractRecurrentLayer):
         return False
 
     def init_state(self) -> Float[Array, " hidden"]:
-        """Zeros, `(hidden_size,)`."""
-        return jnp.zeros((self.hidden_size,), self.linear_h.weight.dtype)
+        """Zeros (or the learned `initial_state`), `(hidden_size,)`."""
+        return _initial(self)
 
     def coefficients(self, x):
         k, pre = _project(x, self.linear_z, self.linear_h)
@@ -183,6 +204,7 @@ class MinLSTM(AbstractRecurrentLayer):
     linear_f: eqx.nn.Linear
     linear_i: eqx.nn.Linear
     linear_h: eqx.nn.Linear
+    initial_state: Float[Array, " hidden"] | None
     input_size: int = eqx.field(static=True)
     hidden_size: int = eqx.field(static=True)
     candidate: Literal["g", "linear"] = eqx.field(static=True)
@@ -198,6 +220,7 @@ class MinLSTM(AbstractRecurrentLayer):
         candidate: Literal["g", "linear"] = "g",
         log_space: bool = False,
         forget_bias: float = 3.0,
+        learn_initial_state: bool = False,
         method: AbstractScan | None = None,
         dtype=None,
         key: PRNGKeyArray,
@@ -207,6 +230,8 @@ class MinLSTM(AbstractRecurrentLayer):
         - `input_size`, `hidden_size`: $d_x$, $d_h$.
         - `candidate`: `"g"` (positive, the paper's) or `"linear"`.
         - `log_space`: evaluate through the log-space engine (only with `candidate="g"`).
+        - `learn_initial_state`: make $h_0$ a trainable parameter (linear space only), as
+            for [`recurrax.MinGRU`][].
         - `forget_bias`: added to the initial forget-gate bias (the official code's +3,
             THEORY §5: at zero input $f'$ starts at 0.66 instead of 0.5); training moves it
             like any bias.
@@ -218,6 +243,7 @@ class MinLSTM(AbstractRecurrentLayer):
         candidate, `log_space=True` with a linear candidate, or a non-finite `forget_bias`.
         """
         _check_common("MinLSTM", input_size, hidden_size, candidate, log_space)
+        _check_initial("MinLSTM", learn_initial_state, log_space)
         if not math.isfinite(forget_bias):
             raise ValueError(f"MinLSTM: `forget_bias` must be finite, got {forget_bias!r}.")
         dtype = default_float(dtype)
@@ -225,6 +251,7 @@ class MinLSTM(AbstractRecurrentLayer):
         self.linear_f = _linear(input_size, hidden_size, dtype, kf, bias_shift=forget_bias)
         self.linear_i = _linear(input_size, hidden_size, dtype, ki)
         self.linear_h = _linear(input_size, hidden_size, dtype, kh)
+        self.initial_state = jnp.zeros((hidden_size,), dtype) if learn_initial_state else None
         self.input_size, self.hidden_size = input_size, hidden_size
         self.candidate, self.log_space = candidate, bool(log_space)
         self.forget_bias = float(forget_bias)
@@ -235,8 +262,8 @@ class MinLSTM(AbstractRecurrentLayer):
         return False
 
     def init_state(self) -> Float[Array, " hidden"]:
-        """Zeros, `(hidden_size,)`."""
-        return jnp.zeros((self.hidden_size,), self.linear_h.weight.dtype)
+        """Zeros (or the learned `initial_state`), `(hidden_size,)`."""
+        return _initial(self)
 
     def gates(self, x: Float[Array, "length input"]) -> tuple[Array, Array]:
         r"""The normalised gates $(f'_t, i'_t)$, `(length, hidden)` each; $f' + i' = 1$."""
