@@ -49,7 +49,10 @@ def test_against_the_table(disc, re, im, step):
     lam_bar, scale = disc(jnp.asarray([re + 1j * im]), jnp.asarray(step))
     ref_lam, ref_scale = discretise_reference(type(disc).__name__, np.array([re + 1j * im]), step)
     assert relative_error(lam_bar, ref_lam) < 1e-12
-    assert relative_error(scale, ref_scale) < 1e-9
+    # The reference evaluates ZOH's (e^z - 1)/Λ naively, which cancels for small z = ΔΛ:
+    # its own error is about eps/|z| (recurrax uses expm1 and is accurate there).
+    z = abs(step * (re + 1j * im))
+    assert relative_error(scale, ref_scale) < 1e-12 + 4e-16 / z
 
 
 def test_zero_order_hold_is_the_augmented_matrix_exponential():

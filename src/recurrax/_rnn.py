@@ -46,9 +46,9 @@ class GRU(eqx.Module):
     `(3 hidden,)`, `bias_n` `(hidden,)`: $3 d_h (d_x + d_h) + 4 d_h$ parameters.
     """
 
-    weight_ih: Float[Array, "3*hidden input"]
-    weight_hh: Float[Array, "3*hidden hidden"]
-    bias: Float[Array, " 3*hidden"]
+    weight_ih: Float[Array, "gates input"]
+    weight_hh: Float[Array, "gates hidden"]
+    bias: Float[Array, " gates"]
     bias_n: Float[Array, " hidden"]
     input_size: int = eqx.field(static=True)
     hidden_size: int = eqx.field(static=True)
@@ -123,9 +123,9 @@ class LSTM(eqx.Module):
     `(4 hidden,)`: $4 d_h (d_x + d_h) + 4 d_h$ parameters.
     """
 
-    weight_ih: Float[Array, "4*hidden input"]
-    weight_hh: Float[Array, "4*hidden hidden"]
-    bias: Float[Array, " 4*hidden"]
+    weight_ih: Float[Array, "gates input"]
+    weight_hh: Float[Array, "gates hidden"]
+    bias: Float[Array, " gates"]
     input_size: int = eqx.field(static=True)
     hidden_size: int = eqx.field(static=True)
 
