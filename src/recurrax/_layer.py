@@ -23,8 +23,10 @@ class AbstractRecurrentLayer(eqx.Module):
     Call convention, that of `jax.lax.scan`, for one example (`jax.vmap` for batches):
 
     - `layer.step(h, x_t) -> (h, y_t)` advances one time step;
-    - `layer.scan(h, x) -> (h_last, y)` equals `jax.lax.scan(layer.step, h, x)` (also with
-        `reverse=True`) but is evaluated in parallel by the engine;
+    - `layer.scan(h, x) -> (h_last, y)` equals
+        `jax.lax.scan(lambda h, x_t: layer.step(h, x_t), h, x)` (also with `reverse=True`) but
+        is evaluated in parallel by the engine (pass a lambda: Equinox's bound methods are
+        not hashable, which `lax.scan` needs);
     - `layer(x) -> y` runs the whole sequence from `layer.init_state()`, in both directions
         for a bidirectional layer.
 
@@ -132,7 +134,8 @@ class AbstractRecurrentLayer(eqx.Module):
         *,
         reverse: bool = False,
     ) -> tuple[Inexact[Array, "*state"], Float[Array, "length output"]]:
-        r"""Run the sequence `x` from the state `h`: `jax.lax.scan(self.step, h, x)`, in parallel.
+        r"""Run the sequence `x` from the state `h`, as `jax.lax.scan` would with `step`, in
+        parallel.
 
         **Arguments:**
 
