@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
+from ._checks import check_positive_int
 from ._dtypes import complex_dtype, default_float
 from ._init import _check_ring, ring_init
 from ._layer import complex_projection, real_readout
@@ -28,11 +29,6 @@ def stability_floor(dtype) -> float:
     $\nu_{\log}$ is zero, where it was already below $10^{-5}$ relative.
     """
     return 8.0 * float(jnp.finfo(dtype).eps)
-
-
-def _check_size(owner: str, name: str, value) -> None:
-    if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{owner}: `{name}` must be a positive integer, got {name}={value!r}.")
 
 
 def _check_inside_unit_disk(lam: Array, what: str) -> Array:
@@ -154,8 +150,8 @@ class LRU(AbstractLTILayer):
         `ValueError` naming the argument for non-positive sizes, radii outside
         $0 \le r_{\min} < r_{\max} \le 1$, or a phase that is not positive.
         """
-        _check_size("LRU", "input_size", input_size)
-        _check_size("LRU", "state_size", state_size)
+        check_positive_int("LRU", "input_size", input_size)
+        check_positive_int("LRU", "state_size", state_size)
         try:
             _check_ring(r_min, r_max, max_phase)
         except ValueError as error:

@@ -9,6 +9,7 @@ import jax.nn as jnn
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import check_positive_int
 from ._dtypes import default_float
 from ._layer import AbstractRecurrentLayer
 from ._scan import AbstractScan
@@ -31,9 +32,8 @@ def log_g(x: Float[Array, "..."]) -> Float[Array, "..."]:
 
 
 def _check_common(owner, input_size, hidden_size, candidate, log_space):
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            raise ValueError(f"{owner}: `{name}` must be a positive integer, got {name}={value!r}.")
+    check_positive_int(owner, "input_size", input_size)
+    check_positive_int(owner, "hidden_size", hidden_size)
     if candidate not in _CANDIDATES:
         raise ValueError(
             f"{owner}: `candidate` must be one of {_CANDIDATES}, got candidate={candidate!r}."
@@ -43,6 +43,12 @@ def _check_common(owner, input_size, hidden_size, candidate, log_space):
             f"{owner}: log_space=True needs the positive candidate g (candidate='g'): a "
             f"linear candidate can be negative and has no logarithm; got candidate={candidate!r}."
         )
+
+
+def _gate_logit(k_f: Array, k_i: Array) -> Array:
+    r"""$d = \log(i/f) = \operatorname{softplus}(-k_f) - \operatorname{softplus}(-k_i)$, so that
+    $f' = f/(f+i) = \sigma(-d)$ and $i' = \sigma(d)$ without forming the ratio."""
+    return jnn.softplus(-k_f) - jnn.softplus(-k_i)
 
 
 def _check_initial(owner, learn_initial_state, log_space):
@@ -267,13 +273,12 @@ class MinLSTM(AbstractRecurrentLayer):
 
     def gates(self, x: Float[Array, "length input"]) -> tuple[Array, Array]:
         r"""The normalised gates $(f'_t, i'_t)$, `(length, hidden)` each; $f' + i' = 1$."""
-        k_f, k_i, _ = _project(x, self.linear_f, self.linear_i, self.linear_h)
-        d = jnn.softplus(-k_f) - jnn.softplus(-k_i)
+        d = _gate_logit(*_project(x, self.linear_f, self.linear_i))
         return jnn.sigmoid(-d), jnn.sigmoid(d)
 
     def coefficients(self, x):
         k_f, k_i, pre = _project(x, self.linear_f, self.linear_i, self.linear_h)
-        d = jnn.softplus(-k_f) - jnn.softplus(-k_i)
+        d = _gate_logit(k_f, k_i)
         if self.log_space:
             return -jnn.softplus(d), -jnn.softplus(-d) + log_g(pre)
         candidate = g(pre) if self.candidate == "g" else pre

@@ -9,13 +9,13 @@ import jax.nn as jnn
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import check_positive_int
 from ._dtypes import default_float
 
 
 def _check_sizes(owner, input_size, hidden_size):
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            raise ValueError(f"{owner}: `{name}` must be a positive integer, got {name}={value!r}.")
+    check_positive_int(owner, "input_size", input_size)
+    check_positive_int(owner, "hidden_size", hidden_size)
 
 
 def _uniform(key, shape, bound, dtype):

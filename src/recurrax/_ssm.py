@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
+from ._checks import check_positive_int
 from ._discretisation import AbstractDiscretisation, ZeroOrderHold
 from ._dtypes import complex_dtype, default_float
 from ._init import AbstractSSMInit, HiPPOLegS
 from ._layer import complex_projection, real_readout
-from ._lru import _check_size, LRU
+from ._lru import LRU
 from ._lti import AbstractLTILayer, depthwise_kernel, mimo_kernel
 from ._scan import AbstractScan
 from ._system import ContinuousDiagonalSystem, DiscreteDiagonalSystem
@@ -120,8 +121,8 @@ class DiagonalSSM(AbstractLTILayer):
         `ValueError` naming the argument for non-positive sizes, an unknown `delta`, or
         steps outside $0 < \Delta_{\min} \le \Delta_{\max}$.
         """
-        _check_size("DiagonalSSM", "input_size", input_size)
-        _check_size("DiagonalSSM", "state_size", state_size)
+        check_positive_int("DiagonalSSM", "input_size", input_size)
+        check_positive_int("DiagonalSSM", "state_size", state_size)
         if delta not in _DELTAS:
             raise ValueError(f"DiagonalSSM: `delta` must be one of {_DELTAS}, got delta={delta!r}.")
         if not (0 < step_min <= step_max < np.inf):

@@ -22,19 +22,26 @@ def _widest(*arrays) -> np.dtype:
     return np.result_type(*(jnp.asarray(x).dtype for x in arrays))
 
 
-def _check_shapes(owner: str, names: tuple[str, ...], arrays, state_size: int, input_size: int):
-    expected = {
-        names[0]: (state_size,),
-        names[1]: (state_size, input_size),
-        names[2]: (input_size, state_size),
-        names[3]: (input_size,),
-    }
-    for name, x in zip(names, arrays):
-        if x.shape != expected[name]:
+def _diagonal_arrays(owner: str, name: str, lam, B, C, D) -> tuple[Array, Array, Array, Array]:
+    """(λ, B, C, D) of a diagonal system: λ, B, C cast to one complex dtype, D to the matching
+    real one, and shapes checked against λ `(state,)` and B `(state, input)`."""
+    dtype = complex_dtype(_widest(lam, B, C))
+    lam, B, C = (jnp.asarray(m).astype(dtype) for m in (lam, B, C))
+    D = jnp.asarray(D).astype(jnp.real(lam).dtype)
+    if lam.ndim != 1:
+        raise ValueError(
+            f"{owner}: `{name}` must have shape (state,), got shape {tuple(lam.shape)}."
+        )
+    n = lam.shape[0]
+    h = B.shape[1] if B.ndim == 2 else -1
+    expected = {"B": (n, h), "C": (h, n), "D": (h,)}
+    for key, x in (("B", B), ("C", C), ("D", D)):
+        if x.shape != expected[key]:
             raise ValueError(
-                f"{owner}: `{name}` must have shape {expected[name]} (state_size={state_size}, "
-                f"input_size={input_size}), got shape {tuple(x.shape)}."
+                f"{owner}: `{key}` must have shape {expected[key]} (state_size={n}, "
+                f"input_size={h}), got shape {tuple(x.shape)}."
             )
+    return lam, B, C, D
 
 
 def _real_part(x: Array) -> Array:
@@ -85,26 +92,10 @@ class DiscreteDiagonalSystem(AbstractLTILayer):
 
         `ValueError` naming the array whose shape does not fit the others.
         """
-        dtype = complex_dtype(_widest(lam, B, C))
-        self.lam = jnp.asarray(lam).astype(dtype)
-        self.B = jnp.asarray(B).astype(dtype)
-        self.C = jnp.asarray(C).astype(dtype)
-        self.D = jnp.asarray(D).astype(jnp.real(self.lam).dtype)
-        self.method = method
-        if self.lam.ndim != 1:
-            raise ValueError(
-                f"DiscreteDiagonalSystem: `lam` must have shape (state,), got shape "
-                f"{tuple(self.lam.shape)}."
-            )
-        n = self.lam.shape[0]
-        h = self.B.shape[1] if self.B.ndim == 2 else -1
-        _check_shapes(
-            "DiscreteDiagonalSystem",
-            ("lam", "B", "C", "D"),
-            (self.lam, self.B, self.C, self.D),
-            n,
-            h,
+        self.lam, self.B, self.C, self.D = _diagonal_arrays(
+            "DiscreteDiagonalSystem", "lam", lam, B, C, D
         )
+        self.method = method
 
     @property
     def input_size(self) -> int:
@@ -129,7 +120,10 @@ class DiscreteDiagonalSystem(AbstractLTILayer):
         return jnp.real(h @ self.C.T) + self.D[None] * x
 
     def kernel(self, length: int, *, reverse: bool = False) -> Float[Array, "length input input"]:
-        del reverse  # unidirectional
+        if reverse:
+            raise ValueError(
+                "DiscreteDiagonalSystem.kernel: `reverse=True` needs a bidirectional layer."
+            )
         return mimo_kernel(self.lam, self.B, self.C, length)
 
 
@@ -170,26 +164,10 @@ class ContinuousDiagonalSystem(eqx.Module):
 
         **Raises:** `ValueError` naming the array whose shape does not fit the others.
         """
-        dtype = complex_dtype(_widest(Lambda, B, C))
-        self.Lambda = jnp.asarray(Lambda).astype(dtype)
-        self.B = jnp.asarray(B).astype(dtype)
-        self.C = jnp.asarray(C).astype(dtype)
-        self.D = jnp.asarray(D).astype(jnp.real(self.Lambda).dtype)
-        self.conjugate_symmetric = bool(conjugate_symmetric)
-        if self.Lambda.ndim != 1:
-            raise ValueError(
-                f"ContinuousDiagonalSystem: `Lambda` must have shape (state,), got shape "
-                f"{tuple(self.Lambda.shape)}."
-            )
-        n = self.Lambda.shape[0]
-        h = self.B.shape[1] if self.B.ndim == 2 else -1
-        _check_shapes(
-            "ContinuousDiagonalSystem",
-            ("Lambda", "B", "C", "D"),
-            (self.Lambda, self.B, self.C, self.D),
-            n,
-            h,
+        self.Lambda, self.B, self.C, self.D = _diagonal_arrays(
+            "ContinuousDiagonalSystem", "Lambda", Lambda, B, C, D
         )
+        self.conjugate_symmetric = bool(conjugate_symmetric)
 
     def _output_matrix(self) -> Array:
         return 2 * self.C if self.conjugate_symmetric else self.C
