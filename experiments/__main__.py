@@ -1,4 +1,5 @@
-"""Command line: `python -m experiments speed {engine,lru,minrnn}`, `accuracy {engine,minrnn}`."""
+"""Command line: `python -m experiments list`, `run TASK --model MODEL`, `report`,
+`speed {engine,lru,minrnn}`, `accuracy {engine,minrnn}`."""
 
 import argparse
 import sys
@@ -9,6 +10,44 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m experiments", description="recurrax experiments."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="tasks, models, variants and presets")
+    run = commands.add_parser("run", help="train a model on a task and write a report")
+    run.add_argument("task", help="a task name (see `list`)")
+    run.add_argument("--model", required=True, help="lru, ssm, mingru, minlstm, gru or lstm")
+    run.add_argument("--preset", default="small", choices=["small", "paper"])
+    run.add_argument("--variant", help="an ablation or control variant (see `list`)")
+    run.add_argument("--steps", type=int)
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--lr", type=float, dest="learning_rate")
+    run.add_argument("--lr-factor", type=float)
+    run.add_argument("--weight-decay", type=float)
+    run.add_argument("--eval-every", type=int)
+    run.add_argument("--eval-size", type=int)
+    run.add_argument("--checkpoint-every", type=int)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--depth", type=int, help="number of blocks")
+    run.add_argument("--d-model", type=int, help="model width")
+    run.add_argument(
+        "--task-set", action="append", default=[], metavar="NAME=VALUE",
+        help="a task option, e.g. --task-set length=256 (JSON values)",
+    )
+    run.add_argument(
+        "--model-set", action="append", default=[], metavar="NAME=VALUE",
+        help="a ModelConfig option, e.g. --model-set norm=\"layer\" (JSON values)",
+    )
+    run.add_argument(
+        "--eval-length", type=int, action="append", default=[],
+        help="also evaluate at this sequence length after training (length generalisation)",
+    )
+    run.add_argument("--out", help="run folder (default runs/TASK-MODEL[-VARIANT]-dDEPTH-sSEED)")
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    campaign = commands.add_parser("campaign", help="run a named set of runs (see campaigns.py)")
+    campaign.add_argument("name", help="a campaign name, or 'all'")
+    campaign.add_argument("--force", action="store_true", help="rerun finished runs")
+    campaign.add_argument("--out", help="markdown file for the table of all runs")
+    report = commands.add_parser("report", help="gather run summaries into one table")
+    report.add_argument("runs", nargs="*", help="run folders (default: every folder in runs/)")
+    report.add_argument("--out", help="markdown file for the table")
     speed = commands.add_parser("speed", help="speed measurements")
     which = speed.add_subparsers(dest="which", required=True)
     engine = which.add_parser(
@@ -53,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("list", "run", "report", "campaign"):
+        from . import cli
+
+        return getattr(cli, args.command)(args, argv)
     if args.repeats < 1:
         print("--repeats must be at least 1", file=sys.stderr)
         return 2

@@ -114,3 +114,186 @@ def test_accuracy_minrnn_reference_and_command(tmp_path):
     assert main(["accuracy", "minrnn", "--length", "64", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| long memory | minLSTM | log | SequentialScan |" in text
+
+
+# -- training runs -----------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from experiments import presets, train  # noqa: E402
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run_command(*args, timeout=300, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_list_command(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("selective_copying", "listops", "parity", "digits", "lru-no-gamma"):
+        assert name in out
+
+
+def test_run_writes_a_report_and_report_gathers(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "digits", "--model", "mingru", "--steps", "12", "--eval-every", "6"]
+    assert main(args + ["--batch-size", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "final:" in printed and f"report: {out / 'report.md'}" in printed
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert "test_accuracy" in records[5] and "test_accuracy" in records[11]
+    assert all(np.isfinite(r["loss"]) and r["seconds_per_step"] > 0 for r in records)
+    report = (out / "report.md").read_text()
+    assert "Repeat with: `python -m experiments run digits --model mingru" in report
+    assert "git_commit" in report and "jax" in report and (out / "curves.png").stat().st_size
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["test_accuracy"] == records[-1]["test_accuracy"]
+    assert main(["report", str(out), "--out", str(tmp_path / "table.md")]) == 0
+    assert "| digits | mingru | 2 |" in (tmp_path / "table.md").read_text()
+
+
+def test_lru_report_plots_eigenvalues(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "adding", "--model", "lru", "--steps", "4", "--eval-every", "4"]
+    assert main(args + ["--task-set", "length=32", "--eval-size", "16", "--out", str(out)]) == 0
+    assert (out / "eigenvalues.png").stat().st_size > 0
+    assert "eigenvalues.png" in (out / "report.md").read_text()
+
+
+def test_bad_run_options(capsys):
+    assert main(["run", "digits", "--model", "transformer"]) == 2
+    assert "--model must be one of" in capsys.readouterr().err
+    assert main(["run", "digits", "--model", "lru", "--task-set", "length"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+    assert main(["run", "parity", "--model", "lru", "--task-set", "max_length=0"]) == 2
+    assert "max_length" in capsys.readouterr().err
+    assert main(["run", "digits", "--model", "lru", "--variant", "lru-magic"]) == 2
+
+
+def _final_params(out):
+    config = train.RunConfig.from_dict(json.loads((out / "run.json").read_text()))
+    import equinox as eqx
+
+    import recurrax
+
+    _, _, skeleton, state = train.build(config)
+    checkpoint = recurrax.CheckpointManager(out / "checkpoints").restore(model=skeleton)
+    assert checkpoint.step == config.steps
+    return [np.asarray(x) for x in jax_leaves(eqx.filter(checkpoint.model, eqx.is_array))]
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+    """A run killed with SIGKILL and resumed ends where an uninterrupted run ends (the same
+    batches and dropout keys from (seed, step)), up to floating-point reduction order."""
+    args = ["run", "parity", "--model", "mingru", "--steps", "40", "--checkpoint-every", "10",
+            "--eval-every", "40", "--batch-size", "16", "--eval-size", "64",
+            "--model-set", "dropout=0.1"]
+    whole = tmp_path / "whole"
+    done = _run_command(*args, "--out", str(whole))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments", *args, "--out", str(killed)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((killed / "checkpoints").glob("*00000020.rcx")):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list((killed / "checkpoints").glob("*00000020.rcx")), "no checkpoint before the kill"
+    resumed = _run_command(*args, "--out", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step" in resumed.stdout + resumed.stderr
+    for a, b in zip(_final_params(whole), _final_params(killed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real_make_task = train.make_task
+
+    class Poisoned:
+        """The digits task whose batches from step 15 on contain a NaN."""
+
+        def __init__(self, task):
+            self.task = task
+
+        def __getattr__(self, name):
+            return getattr(self.task, name)
+
+        def batch(self, seed, step, batch_size, **kwargs):
+            batch = self.task.batch(seed, step, batch_size, **kwargs)
+            if step >= 15:
+                inputs = batch.inputs.copy()
+                inputs[0, 0, 0] = np.nan
+                batch = batch._replace(inputs=inputs)
+            return batch
+
+    monkeypatch.setattr(train, "make_task", lambda *a, **k: Poisoned(real_make_task(*a, **k)))
+    settings = presets.run_settings("digits", "lru", steps=30, checkpoint_every=10,
+                                    eval_every=100, batch_size=8)
+    config = train.RunConfig(**settings)
+    with pytest.raises(train.NonFiniteLoss, match="step 16"):
+        train.train(config, tmp_path, log=lambda *_: None)
+    steps = recurrax_steps(tmp_path)
+    assert steps == [10]
+
+
+def recurrax_steps(out):
+    import recurrax
+
+    return recurrax.CheckpointManager(out / "checkpoints").all_steps()
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    settings = presets.run_settings("parity", "mingru", steps=4, checkpoint_every=2,
+                                    eval_every=4, batch_size=4, eval_size=8)
+    train.train(train.RunConfig(**settings), tmp_path, log=lambda *_: None)
+    other = train.RunConfig(**{**settings, "learning_rate": 0.5})
+    with pytest.raises(ValueError, match="different configuration.*learning_rate"):
+        train.train(other, tmp_path, resume=True, log=lambda *_: None)
+
+
+def test_every_campaign_command_is_valid():
+    """The command lines behind the documented results parse and configure (no training)."""
+    from experiments.__main__ import _parser
+    from experiments.campaigns import CAMPAIGNS
+    from experiments.cli import _options
+
+    for commands in CAMPAIGNS.values():
+        for command in commands:
+            args = _parser().parse_args(["run", *command])
+            options = _options(args.model_set, "--model-set")
+            if args.depth is not None:
+                options["depth"] = args.depth
+            settings = presets.run_settings(
+                args.task, args.model, args.preset,
+                task_options=_options(args.task_set, "--task-set"), model_options=options,
+            )
+            train.RunConfig(variant=args.variant, **settings)

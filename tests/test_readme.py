@@ -22,11 +22,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"```python\n(.*?)```", re.S)
 
 
-def _markdown_blocks():
+def _markdown_pages():
+    """Each page's blocks, run in order in one namespace (as a reader runs them)."""
     files = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
     for path in files:
-        for i, code in enumerate(FENCE.findall(path.read_text())):
-            yield pytest.param(code, id=f"{path.relative_to(ROOT)}:{i}")
+        blocks = FENCE.findall(path.read_text())
+        if blocks:
+            yield pytest.param(blocks, id=str(path.relative_to(ROOT)))
 
 
 def _docstring_blocks():
@@ -45,15 +47,17 @@ def _docstring_blocks():
                     yield pytest.param(code, id=f"{name}.{getattr(member, '__name__', '')}:{i}")
 
 
-def _run(code, where):
+def _run(code, where, namespace=None):
     # Users run with JAX's default configuration: float32 and standard promotion.
     with enable_x64(False), jax.numpy_dtype_promotion("standard"):
-        exec(compile(code, where, "exec"), {})
+        exec(compile(code, where, "exec"), {} if namespace is None else namespace)
 
 
-@pytest.mark.parametrize("code", list(_markdown_blocks()))
-def test_markdown_example_runs(code):
-    _run(code, "markdown")
+@pytest.mark.parametrize("blocks", list(_markdown_pages()))
+def test_markdown_examples_run(blocks):
+    namespace = {}
+    for i, code in enumerate(blocks):
+        _run(code, f"block {i}", namespace)
 
 
 @pytest.mark.parametrize("code", list(_docstring_blocks()))

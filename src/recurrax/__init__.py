@@ -3,6 +3,20 @@ linear-recurrence engine, in JAX and Equinox."""
 
 import importlib.metadata
 
+from ._block import (
+    AbstractBlock as AbstractBlock,
+    CausalDepthwiseConv as CausalDepthwiseConv,
+    GLUBlock as GLUBlock,
+    MixerMLPBlock as MixerMLPBlock,
+)
+from ._checkpoint import (
+    Checkpoint as Checkpoint,
+    CheckpointError as CheckpointError,
+    CheckpointManager as CheckpointManager,
+    load_checkpoint as load_checkpoint,
+    read_checkpoint_header as read_checkpoint_header,
+    save_checkpoint as save_checkpoint,
+)
 from ._discretisation import (
     AbstractDiscretisation as AbstractDiscretisation,
     BackwardEuler as BackwardEuler,
@@ -22,6 +36,14 @@ from ._layer import AbstractRecurrentLayer as AbstractRecurrentLayer
 from ._lru import LRU as LRU, stability_floor as stability_floor
 from ._lti import AbstractLTILayer as AbstractLTILayer
 from ._minrnn import g as g, log_g as log_g, MinGRU as MinGRU, MinLSTM as MinLSTM
+from ._mixer import AbstractMixer as AbstractMixer, Bidirectional as Bidirectional
+from ._model import ModelConfig as ModelConfig, SequenceModel as SequenceModel
+from ._norm import (
+    AbstractNorm as AbstractNorm,
+    BatchNorm as BatchNorm,
+    LayerNorm as LayerNorm,
+    RMSNorm as RMSNorm,
+)
 from ._recurrence import (
     linear_recurrence as linear_recurrence,
     log_linear_recurrence as log_linear_recurrence,
@@ -41,6 +63,21 @@ from ._system import (
     DenseLinearSystem as DenseLinearSystem,
     DiscreteDiagonalSystem as DiscreteDiagonalSystem,
     glorot_dense_system as glorot_dense_system,
+)
+from ._training import (
+    eval_step as eval_step,
+    make_data_mesh as make_data_mesh,
+    make_data_parallel_train_step as make_data_parallel_train_step,
+    make_eval_step as make_eval_step,
+    make_optimizer as make_optimizer,
+    make_train_step as make_train_step,
+    NO_DECAY_TYPES as NO_DECAY_TYPES,
+    param_labels as param_labels,
+    RECURRENT_FIELDS as RECURRENT_FIELDS,
+    replicate as replicate,
+    shard_batch as shard_batch,
+    train_step as train_step,
+    warmup_cosine_schedule as warmup_cosine_schedule,
 )
 
 

@@ -11,13 +11,16 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Inexact, PRNGKeyArray, Shaped
+import numpy as np
+from jaxtyping import Array, Bool, Float, Inexact, PRNGKeyArray, Shaped
 
+from ._dtypes import working_dtype
+from ._mixer import AbstractMixer, check_mask, zero_masked
 from ._recurrence import linear_recurrence, log_linear_recurrence
 from ._scan import AbstractScan
 
 
-class AbstractRecurrentLayer(eqx.Module):
+class AbstractRecurrentLayer(AbstractMixer):
     r"""Abstract base class of every layer built on a diagonal linear recurrence.
 
     Call convention, that of `jax.lax.scan`, for one example (`jax.vmap` for batches):
@@ -38,6 +41,7 @@ class AbstractRecurrentLayer(eqx.Module):
     """
 
     input_size: eqx.AbstractVar[int]
+    output_size: eqx.AbstractVar[int]
     bidirectional: eqx.AbstractVar[bool]
     log_space: eqx.AbstractVar[bool]
     method: eqx.AbstractVar[AbstractScan | None]
@@ -118,8 +122,28 @@ class AbstractRecurrentLayer(eqx.Module):
         positive = h > 0
         return jnp.where(positive, jnp.log(jnp.where(positive, h, 1)), -jnp.inf)
 
-    def _solve(self, a, b, h0, *, reverse: bool = False):
-        """All states from `h0` (in linear space), by the engine of the layer's space."""
+    def _masked(self, a, b, mask):
+        """Coefficients with masked steps turned into the identity step (a = 1, b = 0; in log
+        space log a = 0, log b = -inf), so that they leave the state unchanged."""
+        if mask is None:
+            return a, b
+        m = mask.reshape(mask.shape + (1,) * (b.ndim - 1))
+        if a.ndim == b.ndim - 1:  # time-invariant: one coefficient per step from here on
+            a = jnp.broadcast_to(a[None], b.shape)
+        if self.log_space:
+            identity_a, identity_b = jnp.zeros((), a.dtype), jnp.full((), -jnp.inf, b.dtype)
+        else:
+            identity_a, identity_b = jnp.ones((), a.dtype), jnp.zeros((), b.dtype)
+        return jnp.where(m, a, identity_a), jnp.where(m, b, identity_b)
+
+    def _state_dtype(self):
+        return jax.eval_shape(self.init_state).dtype
+
+    def _solve(self, a, b, h0, *, reverse: bool = False, mask=None):
+        """All states from `h0` (in linear space, in the working dtype: float16/bfloat16
+        coefficients are accumulated in float32), by the engine of the layer's space."""
+        a, b = self._masked(a, b, mask)
+        h0 = h0.astype(working_dtype(h0.dtype))
         if self.log_space:
             log_h = log_linear_recurrence(
                 a, b, self._log_state(h0), reverse=reverse, method=self.method
@@ -127,12 +151,17 @@ class AbstractRecurrentLayer(eqx.Module):
             return jnp.exp(log_h)
         return linear_recurrence(a, b, h0, reverse=reverse, method=self.method)
 
+    def _output(self, hs, x, mask):
+        """Read out, in the activations' dtype (that of `x`), zero at masked steps."""
+        return zero_masked(self.readout(hs, x).astype(x.dtype), mask)
+
     def scan(
         self,
         h: Inexact[Array, "*state"],
         x: Float[Array, "length input"],
         *,
         reverse: bool = False,
+        mask: Bool[Array, " length"] | None = None,
     ) -> tuple[Inexact[Array, "*state"], Float[Array, "length output"]]:
         r"""Run the sequence `x` from the state `h`, as `jax.lax.scan` would with `step`, in
         parallel.
@@ -142,6 +171,8 @@ class AbstractRecurrentLayer(eqx.Module):
         - `h`: the carried state, shaped like `init_state()`.
         - `x`: the inputs, `(length, input_size)`.
         - `reverse`: run from the last step to the first, as `jax.lax.scan(..., reverse=True)`.
+        - `mask`: optional boolean `(length,)`; masked steps leave the state unchanged and
+            output zeros (padding).
 
         **Returns:**
 
@@ -155,14 +186,15 @@ class AbstractRecurrentLayer(eqx.Module):
         """
         self._check_unidirectional("scan")
         self._check_input(x, "x", per_step=False)
+        check_mask(type(self).__name__, mask, x.shape[0])
         self._check_state(h)
         a, b = self.coefficients(x)
-        hs = self._solve(a, b, h, reverse=reverse)
+        hs = self._solve(a, b, h, reverse=reverse, mask=mask)
         if x.shape[0] == 0:
             h_last = h.astype(hs.dtype)
         else:
             h_last = hs[0] if reverse else hs[-1]
-        return h_last, self.readout(hs, x)
+        return h_last, self._output(hs, x, mask)
 
     def step(
         self, h: Inexact[Array, "*state"], x_t: Float[Array, " input"]
@@ -176,7 +208,8 @@ class AbstractRecurrentLayer(eqx.Module):
 
         **Returns:**
 
-        `(h, y_t)`: the new state and the output `(output_size,)`.
+        `(h, y_t)`: the new state (in the working dtype: float32 for float16/bfloat16
+        layers) and the output `(output_size,)` in the dtype of `x_t`.
 
         **Raises:**
 
@@ -186,40 +219,61 @@ class AbstractRecurrentLayer(eqx.Module):
         self._check_input(x_t, "x_t", per_step=True)
         self._check_state(h)
         a, b = self.coefficients(x_t[None])
-        a_t = a if a.ndim == b.ndim - 1 else a[0]
-        b_t = b[0]
+        dtype = working_dtype(b.dtype)
+        a_t = (a if a.ndim == b.ndim - 1 else a[0]).astype(working_dtype(a.dtype))
+        b_t = b[0].astype(dtype)
         if self.log_space:
             # One step needs no log-space accumulation: a h + b directly, whose derivative is
             # finite at h = 0.
             h = self._nonnegative(h)
             a_t, b_t = jnp.exp(a_t), jnp.exp(b_t)
-        h = a_t * h.astype(b_t.dtype) + b_t
-        return h, self.readout(h[None], x_t[None])[0]
+        h = a_t * h.astype(dtype) + b_t
+        return h, self._output(h[None], x_t[None], None)[0]
 
     def __call__(
-        self, x: Float[Array, "length input"], *, key: PRNGKeyArray | None = None
+        self,
+        x: Float[Array, "length input"],
+        *,
+        mask: Bool[Array, " length"] | None = None,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length output"]:
         r"""The outputs for a whole sequence from `init_state()`.
 
         **Arguments:**
 
         - `x`: the inputs, `(length, input_size)`.
+        - `mask`: optional boolean `(length,)`; masked steps (padding) leave the state
+            unchanged and output zeros; the reverse recurrence of a bidirectional layer then
+            starts at the last valid step.
         - `key`: unused; accepted so that the layer composes like other Equinox layers.
 
         **Returns:**
 
-        The outputs `(length, output_size)`. For a bidirectional layer, the forward and the
-        reverse recurrences (both from `init_state()`) are read out together.
+        The outputs `(length, output_size)`, in the dtype of `x`. For a bidirectional layer,
+        the forward and the reverse recurrences (both from `init_state()`) are read out
+        together.
         """
         del key
         self._check_input(x, "x", per_step=False)
+        check_mask(type(self).__name__, mask, x.shape[0])
         a, b = self.coefficients(x)
         h0 = self.init_state()
-        hs = self._solve(a, b, h0)
+        hs = self._solve(a, b, h0, mask=mask)
         if self.bidirectional:
-            hs_reverse = self._solve(a, b, h0, reverse=True)
+            hs_reverse = self._solve(a, b, h0, reverse=True, mask=mask)
             hs = jnp.concatenate([hs, hs_reverse], axis=-1)
-        return self.readout(hs, x)
+        return self._output(hs, x, mask)
+
+
+def _low_precision(u: Array, v: Array) -> np.dtype:
+    """The dtype in which to multiply `u` and `v`: their common dtype, or the 16-bit one when
+    one is float16/bfloat16 and the other its float32 working dtype (mixed precision)."""
+    if u.dtype == v.dtype:
+        return u.dtype
+    for low, high in ((u.dtype, v.dtype), (v.dtype, u.dtype)):
+        if np.dtype(low).itemsize == 2 and working_dtype(low) == high:
+            return low
+    return u.dtype  # mismatched otherwise: let the product raise its own error
 
 
 def complex_projection(
@@ -228,10 +282,13 @@ def complex_projection(
     x: Float[Array, "length input"],
 ) -> Shaped[Array, "length state"]:
     r"""$W x_t$ for a complex $W = W_{re} + i W_{im}$ and a real $x$, as one real matmul
-    $[W_{re}; W_{im}]\, x_t$ (half the work of promoting $x$ to complex)."""
+    $[W_{re}; W_{im}]\, x_t$ (half the work of promoting $x$ to complex). A float16/bfloat16
+    product is returned in the float32-based complex dtype."""
     n = weight_re.shape[0]
     stacked = jnp.concatenate([weight_re, weight_im], axis=0)
-    out = x @ stacked.T
+    dtype = _low_precision(stacked, x)
+    out = x.astype(dtype) @ stacked.astype(dtype).T
+    out = out.astype(working_dtype(out.dtype))
     return jax.lax.complex(out[:, :n], out[:, n:])
 
 
@@ -241,7 +298,8 @@ def real_readout(
     h: Shaped[Array, "length state"],
 ) -> Float[Array, "length output"]:
     r"""$\operatorname{Re}(C h_t) = C_{re}\, \operatorname{Re} h_t - C_{im}\, \operatorname{Im} h_t$
-    as one real matmul."""
+    as one real matmul (in the 16-bit dtype of $C$ for a float32 state and a 16-bit $C$)."""
     stacked = jnp.concatenate([c_re, -c_im], axis=1)
     parts = jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1)
-    return parts @ stacked.T
+    dtype = _low_precision(stacked, parts)
+    return parts.astype(dtype) @ stacked.astype(dtype).T

@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
 from ._checks import check_positive_int
-from ._dtypes import complex_dtype, default_float
+from ._dtypes import as_working, complex_dtype, default_float
 from ._init import _check_ring, ring_init
 from ._layer import complex_projection, real_readout
 from ._lti import AbstractLTILayer, mimo_kernel
@@ -177,8 +177,9 @@ class LRU(AbstractLTILayer):
     def eigenvalues(self) -> Complex[Array, " state"]:
         r"""$\lambda = \exp(-\nu + i\theta)$ with $\nu = \max(e^{\nu_{\log}}, \text{floor})$,
         `(state,)` complex. Every $|\lambda| < 1$ (see [`recurrax.stability_floor`][])."""
-        nu = jnp.maximum(jnp.exp(self.nu_log), stability_floor(self.nu_log.dtype))
-        return jnp.exp(jax.lax.complex(-nu, jnp.exp(self.theta_log)))
+        nu_log, theta_log = as_working(self.nu_log), as_working(self.theta_log)
+        nu = jnp.maximum(jnp.exp(nu_log), stability_floor(nu_log.dtype))
+        return jnp.exp(jax.lax.complex(-nu, jnp.exp(theta_log)))
 
     def _input_weights(self) -> tuple[Array, Array]:
         gamma = jnp.exp(self.gamma_log)[:, None]
@@ -187,7 +188,7 @@ class LRU(AbstractLTILayer):
     def _output_matrix(self, reverse: bool) -> Complex[Array, "input state"]:
         n = self.state_size
         cols = slice(n, 2 * n) if reverse else slice(0, n)
-        return jax.lax.complex(self.C_re[:, cols], self.C_im[:, cols])
+        return jax.lax.complex(as_working(self.C_re[:, cols]), as_working(self.C_im[:, cols]))
 
     def init_state(self) -> Complex[Array, " state"]:
         """Zeros, `(state,)` complex."""
@@ -204,7 +205,7 @@ class LRU(AbstractLTILayer):
         if reverse and not self.bidirectional:
             raise ValueError("LRU.kernel: `reverse=True` needs a bidirectional layer.")
         w_re, w_im = self._input_weights()
-        weight = jax.lax.complex(w_re, w_im)
+        weight = jax.lax.complex(as_working(w_re), as_working(w_im))
         return mimo_kernel(self.eigenvalues(), weight, self._output_matrix(reverse), length)
 
     def discrete_system(self, *, reverse: bool = False) -> DiscreteDiagonalSystem:
@@ -221,7 +222,7 @@ class LRU(AbstractLTILayer):
         d = jnp.zeros_like(self.D) if reverse else self.D
         return DiscreteDiagonalSystem(
             self.eigenvalues(),
-            jax.lax.complex(w_re, w_im),
+            jax.lax.complex(as_working(w_re), as_working(w_im)),
             self._output_matrix(reverse),
             d,
             method=self.method,

@@ -29,6 +29,11 @@ class AbstractLTILayer(AbstractRecurrentLayer):
     D: eqx.AbstractVar[Float[Array, " input"]]
 
     @property
+    def output_size(self) -> int:
+        r"""The outputs have the width of the inputs ($D \odot u$ is elementwise)."""
+        return self.input_size
+
+    @property
     def log_space(self) -> bool:
         """Time-invariant layers are complex: always evaluated in linear space."""
         return False

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import check_positive_int
-from ._dtypes import default_float
+from ._dtypes import as_working, default_float, working_dtype
 from ._layer import AbstractRecurrentLayer
 from ._scan import AbstractScan
 
@@ -61,8 +61,8 @@ def _check_initial(owner, learn_initial_state, log_space):
 
 def _initial(layer):
     if layer.initial_state is not None:
-        return layer.initial_state
-    return jnp.zeros((layer.hidden_size,), layer.linear_h.weight.dtype)
+        return as_working(layer.initial_state)
+    return jnp.zeros((layer.hidden_size,), working_dtype(layer.linear_h.weight.dtype))
 
 
 def _linear(in_size, out_size, dtype, key, bias_shift=0.0):
@@ -76,7 +76,7 @@ def _project(x, *linears):
     """All projections of the inputs at once: one matmul `(length, k * hidden)`, split."""
     weight = jnp.concatenate([lin.weight for lin in linears], axis=0)
     bias = jnp.concatenate([lin.bias for lin in linears], axis=0)
-    out = x @ weight.T + bias[None]
+    out = as_working(x @ weight.T + bias[None])  # gates in float32 for 16-bit layers
     return jnp.split(out, len(linears), axis=-1)
 
 
@@ -164,6 +164,10 @@ class MinGRU(AbstractRecurrentLayer):
     @property
     def bidirectional(self) -> bool:
         return False
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
 
     def init_state(self) -> Float[Array, " hidden"]:
         """Zeros (or the learned `initial_state`), `(hidden_size,)`."""
@@ -266,6 +270,10 @@ class MinLSTM(AbstractRecurrentLayer):
     @property
     def bidirectional(self) -> bool:
         return False
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
 
     def init_state(self) -> Float[Array, " hidden"]:
         """Zeros (or the learned `initial_state`), `(hidden_size,)`."""

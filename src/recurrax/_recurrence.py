@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Inexact
 
+from ._dtypes import working_dtype
 from ._scan import AbstractScan, AutoScan
 from ._semiring import LINEAR, LOG
 
@@ -16,18 +17,10 @@ def _describe(name: str, x) -> str:
     return f"`{name}` of shape {tuple(np.shape(x))} and dtype {jnp.result_type(x)}"
 
 
-def _working_dtype(dtype) -> np.dtype:
-    """float16/bfloat16 are accumulated in float32; everything else keeps its dtype."""
-    dtype = np.dtype(dtype)
-    if dtype in (np.dtype(jnp.float16), np.dtype(jnp.bfloat16)):
-        return np.dtype(jnp.float32)
-    return dtype
-
-
 def _fits(dtype, working) -> bool:
     """`dtype` may join a recurrence computed in `working`: the same dtype, or a real dtype
     of the same precision driving a complex state."""
-    dtype = _working_dtype(dtype)
+    dtype = working_dtype(dtype)
     if dtype == working:
         return True
     return (
@@ -52,7 +45,7 @@ def _prepare(fn: str, a, b, h0, *, complex_ok: bool, a_name="a", b_name="b", h0_
         )
         if not kind:
             raise ValueError(f"{fn}: {_describe(name, x)} must have a {allowed} dtype.")
-    dtype = _working_dtype(b.dtype)
+    dtype = working_dtype(b.dtype)
     if not _fits(a.dtype, dtype):
         raise ValueError(
             f"{fn}: {_describe(a_name, a)} and {_describe(b_name, b)} have mismatched "

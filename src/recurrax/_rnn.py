@@ -7,10 +7,11 @@ import jax
 import jax.lax as lax
 import jax.nn as jnn
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._checks import check_positive_int
-from ._dtypes import default_float
+from ._dtypes import as_working, default_float, working_dtype
+from ._mixer import AbstractMixer, check_mask
 
 
 def _check_sizes(owner, input_size, hidden_size):
@@ -20,6 +21,25 @@ def _check_sizes(owner, input_size, hidden_size):
 
 def _uniform(key, shape, bound, dtype):
     return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+
+def _run(owner, cell, weight_hh, state, x, gi, reverse, mask, output):
+    """The sequential loop shared by GRU and LSTM: masked steps keep the state and output
+    zeros; the recurrence runs in the working dtype, the outputs in the dtype of `x`."""
+    check_mask(owner, mask, x.shape[0])
+    gi = as_working(gi)
+    w_hh = as_working(weight_hh)
+    if mask is None:
+        mask = jnp.ones((x.shape[0],), jnp.bool_)
+
+    def body(state, inputs):
+        gi_t, m_t = inputs
+        new = cell(w_hh, state, gi_t)
+        y = output(new)
+        state = jax.tree.map(lambda n, o: jnp.where(m_t, n, o), new, state)
+        return state, jnp.where(m_t, y, jnp.zeros((), y.dtype)).astype(x.dtype)
+
+    return lax.scan(body, state, (gi, mask), reverse=reverse)
 
 
 def _check_input(owner, x, input_size, per_step):
@@ -32,7 +52,7 @@ def _check_input(owner, x, input_size, per_step):
         )
 
 
-class GRU(eqx.Module):
+class GRU(AbstractMixer):
     r"""A classic GRU run over time (the layout and equations of `equinox.nn.GRUCell`):
 
     $$r = \sigma(W_{ir} x + b_r + W_{hr} h),\ z = \sigma(W_{iz} x + b_z + W_{hz} h),\
@@ -68,17 +88,25 @@ class GRU(eqx.Module):
         self.bias_n = _uniform(k4, (h,), bound, dtype)
         self.input_size, self.hidden_size = input_size, hidden_size
 
-    def init_state(self) -> Float[Array, " hidden"]:
-        """Zeros, `(hidden_size,)`."""
-        return jnp.zeros((self.hidden_size,), self.weight_hh.dtype)
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
 
-    def _cell(self, h, gi):
-        gh = self.weight_hh @ h
+    @property
+    def bidirectional(self) -> bool:
+        return False
+
+    def init_state(self) -> Float[Array, " hidden"]:
+        """Zeros, `(hidden_size,)`, in the working dtype (float32 for a 16-bit layer)."""
+        return jnp.zeros((self.hidden_size,), working_dtype(self.weight_hh.dtype))
+
+    def _cell(self, w_hh, h, gi):
+        gh = w_hh @ h
         i_r, i_z, i_n = jnp.split(gi, 3)
         h_r, h_z, h_n = jnp.split(gh, 3)
         r = jnn.sigmoid(i_r + h_r)
         z = jnn.sigmoid(i_z + h_z)
-        n = jnn.tanh(i_n + r * (h_n + self.bias_n))
+        n = jnn.tanh(i_n + r * (h_n + as_working(self.bias_n)))
         return n + z * (h - n)
 
     def step(
@@ -86,31 +114,37 @@ class GRU(eqx.Module):
     ) -> tuple[Float[Array, " hidden"], Float[Array, " hidden"]]:
         """One step: `(h, x_t) -> (h', h')`."""
         _check_input("GRU", x_t, self.input_size, per_step=True)
-        h = self._cell(h, self.weight_ih @ x_t + self.bias)
-        return h, h
+        h, y = self.scan(h, x_t[None])
+        return h, y[0]
 
     def scan(
-        self, h: Float[Array, " hidden"], x: Float[Array, "length input"], *, reverse: bool = False
+        self,
+        h: Float[Array, " hidden"],
+        x: Float[Array, "length input"],
+        *,
+        reverse: bool = False,
+        mask: Bool[Array, " length"] | None = None,
     ) -> tuple[Float[Array, " hidden"], Float[Array, "length hidden"]]:
         """`jax.lax.scan(lambda h, x_t: self.step(h, x_t), h, x, reverse=reverse)`, with the
-        input projections hoisted out of the loop."""
+        input projections hoisted out of the loop; masked steps keep the state and output
+        zeros."""
         _check_input("GRU", x, self.input_size, per_step=False)
+        h = as_working(h)
         gi = x @ self.weight_ih.T + self.bias[None]
-
-        def body(h, gi_t):
-            h = self._cell(h, gi_t)
-            return h, h
-
-        return lax.scan(body, h, gi, reverse=reverse)
+        return _run("GRU", self._cell, self.weight_hh, h, x, gi, reverse, mask, lambda h: h)
 
     def __call__(
-        self, x: Float[Array, "length input"], *, key: PRNGKeyArray | None = None
+        self,
+        x: Float[Array, "length input"],
+        *,
+        mask: Bool[Array, " length"] | None = None,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length hidden"]:
         """All hidden states from zeros, `(length, hidden_size)`."""
-        return self.scan(self.init_state(), x)[1]
+        return self.scan(self.init_state(), x, mask=mask)[1]
 
 
-class LSTM(eqx.Module):
+class LSTM(AbstractMixer):
     r"""A classic LSTM run over time (the layout and equations of `equinox.nn.LSTMCell`):
 
     $$[i, f, g, o] = W_i x + W_h h + b,\quad c' = \sigma(f) \odot c + \sigma(i) \odot \tanh(g),\quad
@@ -143,14 +177,22 @@ class LSTM(eqx.Module):
         self.bias = _uniform(k3, (4 * h,), bound, dtype)
         self.input_size, self.hidden_size = input_size, hidden_size
 
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
+    @property
+    def bidirectional(self) -> bool:
+        return False
+
     def init_state(self) -> tuple[Float[Array, " hidden"], Float[Array, " hidden"]]:
-        """`(h, c)`, zeros, each `(hidden_size,)`."""
-        zeros = jnp.zeros((self.hidden_size,), self.weight_hh.dtype)
+        """`(h, c)`, zeros, each `(hidden_size,)`, in the working dtype."""
+        zeros = jnp.zeros((self.hidden_size,), working_dtype(self.weight_hh.dtype))
         return zeros, zeros
 
-    def _cell(self, state, gi):
+    def _cell(self, w_hh, state, gi):
         h, c = state
-        i, f, g, o = jnp.split(gi + self.weight_hh @ h, 4)
+        i, f, g, o = jnp.split(gi + w_hh @ h, 4)
         c = jnn.sigmoid(f) * c + jnn.sigmoid(i) * jnn.tanh(g)
         h = jnn.sigmoid(o) * jnn.tanh(c)
         return h, c
@@ -162,8 +204,8 @@ class LSTM(eqx.Module):
     ) -> tuple[tuple[Float[Array, " hidden"], Float[Array, " hidden"]], Float[Array, " hidden"]]:
         """One step: `((h, c), x_t) -> ((h', c'), h')`."""
         _check_input("LSTM", x_t, self.input_size, per_step=True)
-        state = self._cell(state, self.weight_ih @ x_t + self.bias)
-        return state, state[0]
+        state, y = self.scan(state, x_t[None])
+        return state, y[0]
 
     def scan(
         self,
@@ -171,22 +213,24 @@ class LSTM(eqx.Module):
         x: Float[Array, "length input"],
         *,
         reverse: bool = False,
+        mask: Bool[Array, " length"] | None = None,
     ) -> tuple[
         tuple[Float[Array, " hidden"], Float[Array, " hidden"]], Float[Array, "length hidden"]
     ]:
         """`jax.lax.scan(lambda s, x_t: self.step(s, x_t), state, x, reverse=reverse)`, with
-        the input projections hoisted out of the loop."""
+        the input projections hoisted out of the loop; masked steps keep the state and output
+        zeros."""
         _check_input("LSTM", x, self.input_size, per_step=False)
+        state = (as_working(state[0]), as_working(state[1]))
         gi = x @ self.weight_ih.T + self.bias[None]
-
-        def body(state, gi_t):
-            state = self._cell(state, gi_t)
-            return state, state[0]
-
-        return lax.scan(body, state, gi, reverse=reverse)
+        return _run("LSTM", self._cell, self.weight_hh, state, x, gi, reverse, mask, lambda s: s[0])
 
     def __call__(
-        self, x: Float[Array, "length input"], *, key: PRNGKeyArray | None = None
+        self,
+        x: Float[Array, "length input"],
+        *,
+        mask: Bool[Array, " length"] | None = None,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length hidden"]:
         """All hidden states from zeros, `(length, hidden_size)`."""
-        return self.scan(self.init_state(), x)[1]
+        return self.scan(self.init_state(), x, mask=mask)[1]

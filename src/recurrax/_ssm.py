@@ -11,7 +11,7 @@ from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
 from ._checks import check_positive_int
 from ._discretisation import AbstractDiscretisation, ZeroOrderHold
-from ._dtypes import complex_dtype, default_float
+from ._dtypes import as_working, complex_dtype, default_float
 from ._init import AbstractSSMInit, HiPPOLegS
 from ._layer import complex_projection, real_readout
 from ._lru import LRU
@@ -172,11 +172,11 @@ class DiagonalSSM(AbstractLTILayer):
 
     def continuous_eigenvalues(self) -> Complex[Array, "*bank state"]:
         r"""$\Lambda = -e^{\text{Lambda\_re\_log}} + i\,\text{Lambda\_im}$ (real part < 0)."""
-        return jax.lax.complex(-jnp.exp(self.Lambda_re_log), self.Lambda_im)
+        return jax.lax.complex(-jnp.exp(as_working(self.Lambda_re_log)), as_working(self.Lambda_im))
 
     def step_sizes(self) -> Float[Array, " steps"]:
         r"""$\Delta = e^{\text{log\_step}}$: `(state,)` per state, `(input,)` per feature."""
-        return jnp.exp(self.log_step)
+        return jnp.exp(as_working(self.log_step))
 
     def _discrete(self) -> tuple[Array, Array]:
         """(λ̄, B̄) in the layer's own layout."""
@@ -184,14 +184,14 @@ class DiagonalSSM(AbstractLTILayer):
         if self.delta == "per_feature":
             step = step[:, None]
         lam_bar, scale = self.discretisation(self.continuous_eigenvalues(), step)
-        b = jax.lax.complex(self.B_re, self.B_im)
+        b = jax.lax.complex(as_working(self.B_re), as_working(self.B_im))
         weight = scale * b if self.delta == "per_feature" else scale[:, None] * b
         return lam_bar, weight
 
     def _output_matrix(self, reverse: bool) -> Complex[Array, "input state"]:
         n = self.state_size
         cols = slice(n, 2 * n) if reverse else slice(0, n)
-        c = jax.lax.complex(self.C_re[:, cols], self.C_im[:, cols])
+        c = jax.lax.complex(as_working(self.C_re[:, cols]), as_working(self.C_im[:, cols]))
         return 2 * c if self.conjugate_symmetric else c
 
     # -- the recurrent layer -------------------------------------------------------------
@@ -205,15 +205,16 @@ class DiagonalSSM(AbstractLTILayer):
     def coefficients(self, x):
         lam_bar, weight = self._discrete()
         if self.delta == "per_feature":
-            u, w = x[:, :, None], weight[None]
+            u, w = as_working(x)[:, :, None], weight[None]
             return lam_bar, jax.lax.complex(u * jnp.real(w), u * jnp.imag(w))
         return lam_bar, complex_projection(jnp.real(weight), jnp.imag(weight), x)
 
     def readout(self, h, x):
         factor = 2 if self.conjugate_symmetric else 1
         if self.delta == "per_feature":
-            mixed = jnp.real(h) * self.C_re[None] - jnp.imag(h) * self.C_im[None]
-            return factor * jnp.sum(mixed, axis=-1) + self.D[None] * x
+            c_re, c_im = as_working(self.C_re), as_working(self.C_im)
+            mixed = jnp.real(h) * c_re[None] - jnp.imag(h) * c_im[None]
+            return (factor * jnp.sum(mixed, axis=-1)).astype(x.dtype) + self.D[None] * x
         return factor * real_readout(self.C_re, self.C_im, h) + self.D[None] * x
 
     def kernel(self, length: int, *, reverse: bool = False) -> Float[Array, "length ..."]:
@@ -231,7 +232,7 @@ class DiagonalSSM(AbstractLTILayer):
         """(Λ, B, C, Δ) as one multi-input system; a per-feature bank becomes H·N states with
         a block-structured B and C."""
         lam = self.continuous_eigenvalues()
-        b = jax.lax.complex(self.B_re, self.B_im)
+        b = jax.lax.complex(as_working(self.B_re), as_working(self.B_im))
         c = self._output_matrix(reverse)
         step = self.step_sizes()
         if self.delta == "per_state":

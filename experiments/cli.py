@@ -1,0 +1,163 @@
+"""The `list`, `run` and `report` commands."""
+
+import json
+import pathlib
+import sys
+
+from . import presets, report as reporting, train, variants
+from .tasks import make_task, TASKS
+
+
+def _options(pairs: list[str], flag: str) -> dict:
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"{flag} expects NAME=VALUE, got {pair!r}.")
+        name, value = pair.split("=", 1)
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value  # a bare string
+    return options
+
+
+def list(args, argv) -> int:  # noqa: A001 - the command's name
+    print("tasks (kind, inputs, pooling, baseline of the small preset):")
+    for name in sorted(TASKS):
+        task = make_task(name)
+        base = task.baseline()
+        print(
+            f"  {name:18s} {task.kind:14s} {task.input_kind:8s} {task.pooling:5s} "
+            f"{base.metric} {base.value:.3g} ({base.description})"
+        )
+    print("models: " + ", ".join(train.MODELS))
+    print("variants:")
+    for name, text in variants.VARIANTS.items():
+        print(f"  {name:18s} {text}")
+    print("presets: small (minutes on a 2-core CPU), paper (the papers' settings; a GPU)")
+    return 0
+
+
+def run(args, argv, *, skip_done: bool = False) -> int:
+    try:
+        model_options = _options(args.model_set, "--model-set")
+        if args.depth is not None:
+            model_options["depth"] = args.depth
+        if args.d_model is not None:
+            model_options["d_model"] = args.d_model
+        if args.model not in train.MODELS:
+            raise ValueError(f"--model must be one of {train.MODELS}, got {args.model!r}.")
+        if args.variant is not None and args.variant not in variants.VARIANTS:
+            raise ValueError(
+                f"--variant must be one of {sorted(variants.VARIANTS)}, got {args.variant!r}."
+            )
+        settings = presets.run_settings(
+            args.task,
+            args.model,
+            args.preset,
+            task_options=_options(args.task_set, "--task-set"),
+            model_options=model_options,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            lr_factor=args.lr_factor,
+            weight_decay=args.weight_decay,
+            eval_every=args.eval_every,
+            eval_size=args.eval_size,
+            checkpoint_every=args.checkpoint_every,
+        )
+        config = train.RunConfig(variant=args.variant, seed=args.seed, **settings)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    name = f"{config.task}-{config.model}" + (f"-{config.variant}" if config.variant else "")
+    name += "".join(f"-{k}{json.dumps(v)}" for k, v in sorted(config.task_options.items()))
+    name += f"-d{config.model_config['depth']}-s{config.seed}"
+    out = pathlib.Path(args.out or pathlib.Path("runs") / name)
+    if skip_done and (out / "summary.json").exists():
+        print(f"already done: {out} (use --force to rerun)")
+        return 0
+    task, _, model_before, _ = train.build(config)
+    print(
+        f"{config.task} ({task.kind}), model {config.model}"
+        + (f" [{config.variant}]" if config.variant else "")
+        + f", depth {config.model_config['depth']}, d_model {config.model_config['d_model']}, "
+        f"{config.steps} steps of batch {config.batch_size}; run folder {out}"
+    )
+    try:
+        final = train.train(config, out, resume=args.resume)
+    except train.NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    final = {k: v for k, v in final.items() if k.startswith("test_") or k == "loss"}
+    model_after = _trained_model(config, out)
+    for length in args.eval_length:
+        model, state = model_after
+        loss_fn = train.make_loss(task.kind)
+        extra = train.evaluate(model, state, task, config, loss_fn, length=length)
+        final.update({f"test_{k}@{length}": v for k, v in extra.items()})
+    path = reporting.write_run_report(
+        out, config, task, model_before, model_after[0], final, command=argv
+    )
+    shown = {k: round(v, 4) for k, v in final.items() if k.startswith("test_")}
+    print(f"final: {shown}")
+    print(f"report: {path}")
+    return 0
+
+
+def _trained_model(config, out):
+    """The model and state of the last checkpoint of a run."""
+    import equinox as eqx
+
+    import recurrax
+
+    _, _, skeleton, state = train.build(config)
+    manager = recurrax.CheckpointManager(pathlib.Path(out) / "checkpoints")
+    optimizer = train._optimizer(config, skeleton)
+    opt_state = optimizer.init(eqx.filter(skeleton, eqx.is_inexact_array))
+    checkpoint = manager.restore(model=skeleton, opt_state=opt_state, state=state)
+    return checkpoint.model, checkpoint.state
+
+
+def campaign(args, argv) -> int:
+    from .__main__ import _parser
+    from .campaigns import CAMPAIGNS
+
+    names = list(CAMPAIGNS) if args.name == "all" else [args.name]
+    for name in names:
+        if name not in CAMPAIGNS:
+            print(f"error: unknown campaign {name!r}; known: {sorted(CAMPAIGNS)}", file=sys.stderr)
+            return 2
+    status = 0
+    for name in names:
+        for command in CAMPAIGNS[name]:
+            run_args = _parser().parse_args(["run", *command])
+            print(f"== python -m experiments run {' '.join(command)}", flush=True)
+            code = globals()["run"](run_args, ["run", *command], skip_done=not args.force)
+            status = status or code
+    table = reporting.gather(sorted(p for p in pathlib.Path("runs").glob("*")
+                                    if (p / "summary.json").exists()))
+    if args.out:
+        pathlib.Path(args.out).write_text(table)
+    print(table)
+    return status
+
+
+def report(args, argv) -> int:
+    runs = [pathlib.Path(r) for r in args.runs] or sorted(
+        p for p in pathlib.Path("runs").glob("*") if (p / "summary.json").exists()
+    )
+    if not runs:
+        print("error: no run folders with a summary.json (run `python -m experiments run` first)",
+              file=sys.stderr)
+        return 2
+    table = reporting.gather(runs)
+    print(table)
+    if args.out:
+        path = pathlib.Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table)
+    return 0

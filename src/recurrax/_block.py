@@ -1,0 +1,447 @@
+r"""Residual blocks around a mixer: the LRU paper's GLU block and the minRNN paper's block.
+
+A block maps `(length, d_model)` to `(length, d_model)`. It has the streaming convention of
+the mixers, with the normalisation state (`equinox.nn.State`, for BatchNorm) threaded
+alongside:
+
+- `block(x, state, *, mask=None, key=None) -> (y, state)`: a whole sequence;
+- `block.init_state()`; `block.scan(h, x, state, *, mask=None, key=None) -> (h, y, state)`;
+    `block.step(h, x_t, state) -> (h, y_t, state)`.
+
+Dropout is active only when a `key` is given and the block is not in inference mode.
+"""
+
+import abc
+import math
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.nn as jnn
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
+
+from ._checks import check_positive_int
+from ._dtypes import default_float
+from ._mixer import AbstractMixer, check_mask, zero_masked
+from ._norm import AbstractNorm, BatchNorm, LayerNorm, RMSNorm
+
+
+NormName = Literal["layer", "rms", "batch"]
+
+
+def make_norm(kind: NormName | None, features: int, *, dtype=None) -> AbstractNorm | None:
+    """The normalisation called `kind` ("layer", "rms", "batch" or `None`)."""
+    if kind is None:
+        return None
+    if kind == "layer":
+        return LayerNorm(features, dtype=dtype)
+    if kind == "rms":
+        return RMSNorm(features, dtype=dtype)
+    if kind == "batch":
+        return BatchNorm(features, dtype=dtype)
+    raise ValueError(f"`norm` must be one of 'layer', 'rms', 'batch' or None, got norm={kind!r}.")
+
+
+def _apply_norm(norm, x, state, mask):
+    if norm is None:
+        return x, state
+    return norm(x, state, mask=mask)
+
+
+def _dense(linear: eqx.nn.Linear, x: Array) -> Array:
+    """An `eqx.nn.Linear` applied to every step of `(length, in)` as one matmul."""
+    y = x @ linear.weight.T
+    return y if linear.bias is None else y + linear.bias[None]
+
+
+def _dropout(rate: float, x: Array, key, inference: bool) -> Array:
+    if key is None or inference or rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, 1 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+def _split(key, n):
+    return (None,) * n if key is None else tuple(jax.random.split(key, n))
+
+
+class CausalDepthwiseConv(eqx.Module):
+    r"""A causal depthwise convolution over time,
+    $y_t = b + \sum_{j=0}^{k-1} w_j \odot x_{t-j}$ (each feature its own filter; $x_{t<0} = 0$).
+
+    Streaming keeps the last $k - 1$ inputs as state, so `scan` in pieces and `step` give
+    the one-call result. Masked steps are skipped (as if absent): the filter sees the
+    previous valid inputs.
+
+    **Fields:** `weight` `(kernel_size, features)` ($w_j$ is row $j$), `bias` `(features,)`.
+    """
+
+    weight: Float[Array, "kernel features"]
+    bias: Float[Array, " features"]
+    features: int = eqx.field(static=True)
+    kernel_size: int = eqx.field(static=True)
+
+    def __init__(self, features: int, kernel_size: int = 4, *, dtype=None, key: PRNGKeyArray):
+        """Uniform $\\pm 1/\\sqrt{k}$ initialisation (PyTorch's for a depthwise conv).
+
+        **Raises:** `ValueError` for non-positive sizes."""
+        check_positive_int("CausalDepthwiseConv", "features", features)
+        check_positive_int("CausalDepthwiseConv", "kernel_size", kernel_size)
+        dtype = default_float(dtype)
+        bound = 1 / math.sqrt(kernel_size)
+        kw, kb = jax.random.split(key)
+        self.weight = jax.random.uniform(kw, (kernel_size, features), dtype, -bound, bound)
+        self.bias = jax.random.uniform(kb, (features,), dtype, -bound, bound)
+        self.features, self.kernel_size = int(features), int(kernel_size)
+
+    def init_state(self) -> Float[Array, "history features"]:
+        """The last $k - 1$ inputs, zeros: `(kernel_size - 1, features)`."""
+        return jnp.zeros((self.kernel_size - 1, self.features), self.weight.dtype)
+
+    def scan(
+        self,
+        h: Float[Array, "history features"],
+        x: Float[Array, "length features"],
+        *,
+        mask: Bool[Array, " length"] | None = None,
+    ) -> tuple[Float[Array, "history features"], Float[Array, "length features"]]:
+        """`(h_last, y)` from the carried history `h` (oldest first); masked steps are
+        skipped and output zeros."""
+        length = x.shape[0]
+        if x.ndim != 2 or x.shape[1] != self.features:
+            raise ValueError(
+                f"CausalDepthwiseConv: `x` must have shape (length, {self.features}), got "
+                f"shape {tuple(x.shape)}."
+            )
+        check_mask("CausalDepthwiseConv", mask, length)
+        h = h.astype(x.dtype)
+        if mask is not None:
+            # Valid steps first, in order: the filter runs over the valid inputs only.
+            order = jnp.argsort(jnp.logical_not(mask), stable=True)
+            x = x[order]
+        k = self.kernel_size
+        full = jnp.concatenate([h, x], axis=0)
+        y = self.bias[None] + sum(
+            self.weight[j][None] * full[k - 1 - j : k - 1 - j + length] for j in range(k)
+        )
+        if mask is None:
+            h_last = full[length:]
+        else:
+            valid = jnp.sum(mask.astype(jnp.int32))
+            h_last = jax.lax.dynamic_slice_in_dim(full, valid, k - 1, axis=0)
+            rank = jnp.cumsum(mask.astype(jnp.int32)) - 1
+            y = zero_masked(y[jnp.maximum(rank, 0)], mask)
+        return h_last, y
+
+    def __call__(
+        self,
+        x: Float[Array, "length features"],
+        *,
+        mask: Bool[Array, " length"] | None = None,
+    ) -> Float[Array, "length features"]:
+        """The outputs from a zero history, `(length, features)`."""
+        return self.scan(self.init_state(), x, mask=mask)[1]
+
+
+class AbstractBlock(eqx.Module):
+    r"""Abstract base class of a residual block around a mixer (see the module docs for the
+    call convention). A subclass provides `_forward`, the block's body written once for the
+    full call and for streaming."""
+
+    d_model: eqx.AbstractVar[int]
+    mixer: eqx.AbstractVar[AbstractMixer]
+
+    @abc.abstractmethod
+    def init_state(self) -> PyTree[Array]:
+        """The streaming state before the first step."""
+
+    @abc.abstractmethod
+    def _forward(self, x, state, h, mask, key):
+        """`(y, state, h)`: the body; `h is None` for the full call (either direction)."""
+
+    def _check(self, x, mask):
+        if x.ndim != 2 or x.shape[1] != self.d_model:
+            raise ValueError(
+                f"{type(self).__name__}: `x` must have shape (length, {self.d_model}), got "
+                f"shape {tuple(x.shape)}."
+            )
+        check_mask(type(self).__name__, mask, x.shape[0])
+
+    def _check_streaming(self):
+        if self.mixer.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}: streaming (`scan`/`step`) is undefined for a "
+                f"bidirectional mixer; call the block on the whole sequence."
+            )
+
+    def __call__(
+        self,
+        x: Float[Array, "length d_model"],
+        state: eqx.nn.State | None = None,
+        *,
+        mask: Bool[Array, " length"] | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "length d_model"], eqx.nn.State | None]:
+        """**Arguments:** `x` `(length, d_model)`; `state` the normalisation state (`None`
+        without BatchNorm); `mask` boolean `(length,)`; `key` for dropout (none: off).
+
+        **Returns:** `(y, state)`, `y` of shape `(length, d_model)`."""
+        self._check(x, mask)
+        y, state, _ = self._forward(x, state, None, mask, key)
+        return y, state
+
+    def scan(
+        self,
+        h: PyTree[Array],
+        x: Float[Array, "length d_model"],
+        state: eqx.nn.State | None = None,
+        *,
+        mask: Bool[Array, " length"] | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[PyTree[Array], Float[Array, "length d_model"], eqx.nn.State | None]:
+        """`(h_last, y, state)` from the carried streaming state `h`; in pieces equal to one
+        call. **Raises:** `ValueError` for a bidirectional mixer."""
+        self._check_streaming()
+        self._check(x, mask)
+        y, state, h = self._forward(x, state, h, mask, key)
+        return h, y, state
+
+    def step(
+        self,
+        h: PyTree[Array],
+        x_t: Float[Array, " d_model"],
+        state: eqx.nn.State | None = None,
+    ) -> tuple[PyTree[Array], Float[Array, " d_model"], eqx.nn.State | None]:
+        """One step, `(h, y_t, state)`; dropout off."""
+        h, y, state = self.scan(h, x_t[None], state)
+        return h, y[0], state
+
+
+def _mix(mixer: AbstractMixer, z, h, mask):
+    """The mixer on `z`: a full call when `h is None`, else a scan from `h`."""
+    if h is None:
+        return mixer(z, mask=mask), None
+    h, y = mixer.scan(h, z, mask=mask)
+    return y, h
+
+
+class GLUBlock(AbstractBlock):
+    r"""The LRU paper's block (App. D):
+    $y = x + \operatorname{drop}(\operatorname{GLU}(\operatorname{drop}(\operatorname{GELU}(
+    \operatorname{mixer}(\operatorname{norm}(x))))))$
+    with $\mathrm{GLU}(z) = W_1 z \odot \sigma(W_2 z)$; with `prenorm=False` the norm is
+    applied after the skip instead.
+
+    **Fields:** `norm` (or `None`), `mixer` (input and output width `d_model`), `glu_value`
+    and `glu_gate` (`eqx.nn.Linear(d_model, d_model)`), `dropout` rate, `prenorm`,
+    `inference`.
+    """
+
+    norm: AbstractNorm | None
+    mixer: AbstractMixer
+    glu_value: eqx.nn.Linear
+    glu_gate: eqx.nn.Linear
+    d_model: int = eqx.field(static=True)
+    dropout: float = eqx.field(static=True)
+    prenorm: bool = eqx.field(static=True)
+    inference: bool
+
+    def __init__(
+        self,
+        mixer: AbstractMixer,
+        *,
+        norm: NormName | None = "batch",
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        inference: bool = False,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `mixer`: any [`recurrax.AbstractMixer`][] with `input_size == output_size`.
+        - `norm`: `"batch"` (the paper's), `"layer"`, `"rms"` or `None`.
+        - `prenorm`: normalise the block's input (`True`) or its output.
+        - `dropout`: the rate, in $[0, 1)$.
+        - `inference`: dropout off (toggled by `equinox.nn.inference_mode`).
+        - `dtype`: of the norm and GLU parameters.
+        - `key`: a PRNG key.
+
+        **Raises:** `ValueError` naming a mixer whose widths differ, a bad norm or rate.
+        """
+        _check_mixer("GLUBlock", mixer)
+        if mixer.output_size != mixer.input_size:
+            raise ValueError(
+                f"GLUBlock: the mixer must map d_model to d_model, got input_size="
+                f"{mixer.input_size} and output_size={mixer.output_size}."
+            )
+        _check_rate("GLUBlock", dropout)
+        d = mixer.input_size
+        k1, k2 = jax.random.split(key)
+        dtype = default_float(dtype)
+        self.norm = make_norm(norm, d, dtype=dtype)
+        self.mixer = mixer
+        self.glu_value = eqx.nn.Linear(d, d, dtype=dtype, key=k1)
+        self.glu_gate = eqx.nn.Linear(d, d, dtype=dtype, key=k2)
+        self.d_model, self.dropout, self.prenorm = d, float(dropout), bool(prenorm)
+        self.inference = bool(inference)
+
+    def init_state(self) -> PyTree[Array]:
+        """The mixer's state."""
+        return self.mixer.init_state()
+
+    def _forward(self, x, state, h, mask, key):
+        k1, k2 = _split(key, 2)
+        z = x
+        if self.prenorm:
+            z, state = _apply_norm(self.norm, z, state, mask)
+        z, h = _mix(self.mixer, z, h, mask)
+        z = _dropout(self.dropout, jnn.gelu(z), k1, self.inference)
+        z = _dense(self.glu_value, z) * jnn.sigmoid(_dense(self.glu_gate, z))
+        y = x + _dropout(self.dropout, z, k2, self.inference)
+        if not self.prenorm:
+            y, state = _apply_norm(self.norm, y, state, mask)
+        return y, state, h
+
+
+class MixerMLPBlock(AbstractBlock):
+    r"""The minRNN paper's block (THEORY §5):
+    $x \leftarrow x + \operatorname{drop}(P_{out}\,\operatorname{mixer}(P_{in}\,
+    \operatorname{conv}(\operatorname{norm}(x))))$,
+    then $x \leftarrow x + \mathrm{drop}(\mathrm{MLP}(\mathrm{norm}_2(x)))$ with
+    $\mathrm{MLP}(z) = W_2\,\mathrm{GELU}(W_1 z)$.
+
+    The mixer may work at an expanded width: $P_{in}$ (`d_model -> mixer.input_size`) and
+    $P_{out}$ (`mixer.output_size -> d_model`) exist only where the widths differ (a minGRU
+    `MinGRU(d, e d)` needs only $P_{out}$). The convolution (kernel 4 in the paper) and the
+    MLP are optional; selective copying uses neither. With `prenorm=False` each norm moves
+    after its skip.
+
+    **Fields:** `norm`, `conv`, `in_proj`, `mixer`, `out_proj`, `mlp_norm`, `mlp_in`,
+    `mlp_out` (each possibly `None`), `dropout`, `prenorm`, `inference`.
+    """
+
+    norm: AbstractNorm | None
+    conv: CausalDepthwiseConv | None
+    in_proj: eqx.nn.Linear | None
+    mixer: AbstractMixer
+    out_proj: eqx.nn.Linear | None
+    mlp_norm: AbstractNorm | None
+    mlp_in: eqx.nn.Linear | None
+    mlp_out: eqx.nn.Linear | None
+    d_model: int = eqx.field(static=True)
+    dropout: float = eqx.field(static=True)
+    prenorm: bool = eqx.field(static=True)
+    inference: bool
+
+    def __init__(
+        self,
+        d_model: int,
+        mixer: AbstractMixer,
+        *,
+        norm: NormName | None = "layer",
+        prenorm: bool = True,
+        conv_kernel: int | None = 4,
+        mlp_expansion: int | None = 4,
+        dropout: float = 0.0,
+        inference: bool = False,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `d_model`: the block's width.
+        - `mixer`: any [`recurrax.AbstractMixer`][] (e.g. `MinGRU(d_model, 6 * d_model)`).
+        - `norm`: `"layer"`, `"rms"`, `"batch"` or `None`.
+        - `prenorm`: normalise each sub-block's input (`True`) or its output.
+        - `conv_kernel`: the causal depthwise convolution's size, or `None` for none.
+        - `mlp_expansion`: the MLP's hidden width over `d_model`, or `None` for no MLP.
+        - `dropout`: the rate, in $[0, 1)$.
+        - `inference`, `dtype`, `key`: as for [`recurrax.GLUBlock`][].
+
+        **Raises:** `ValueError` naming a bad size, norm or rate.
+        """
+        check_positive_int("MixerMLPBlock", "d_model", d_model)
+        _check_mixer("MixerMLPBlock", mixer)
+        _check_rate("MixerMLPBlock", dropout)
+        if conv_kernel is not None:
+            check_positive_int("MixerMLPBlock", "conv_kernel", conv_kernel)
+        if mlp_expansion is not None:
+            check_positive_int("MixerMLPBlock", "mlp_expansion", mlp_expansion)
+        dtype = default_float(dtype)
+        keys = jax.random.split(key, 5)
+        d = int(d_model)
+        self.norm = make_norm(norm, d, dtype=dtype)
+        self.conv = (
+            None
+            if conv_kernel is None
+            else CausalDepthwiseConv(d, conv_kernel, dtype=dtype, key=keys[0])
+        )
+        self.in_proj = (
+            None
+            if mixer.input_size == d
+            else eqx.nn.Linear(d, mixer.input_size, use_bias=False, dtype=dtype, key=keys[1])
+        )
+        self.mixer = mixer
+        self.out_proj = (
+            None
+            if mixer.output_size == d
+            else eqx.nn.Linear(mixer.output_size, d, use_bias=False, dtype=dtype, key=keys[2])
+        )
+        if mlp_expansion is None:
+            self.mlp_norm = self.mlp_in = self.mlp_out = None
+        else:
+            self.mlp_norm = make_norm(norm, d, dtype=dtype)
+            self.mlp_in = eqx.nn.Linear(d, mlp_expansion * d, dtype=dtype, key=keys[3])
+            self.mlp_out = eqx.nn.Linear(mlp_expansion * d, d, dtype=dtype, key=keys[4])
+        self.d_model, self.dropout, self.prenorm = d, float(dropout), bool(prenorm)
+        self.inference = bool(inference)
+
+    def init_state(self) -> PyTree[Array]:
+        """`(conv history or None, mixer state)`."""
+        conv = None if self.conv is None else self.conv.init_state()
+        return conv, self.mixer.init_state()
+
+    def _forward(self, x, state, h, mask, key):
+        k1, k2 = _split(key, 2)
+        h_conv, h_mixer = (None, None) if h is None else h
+        z = x
+        if self.prenorm:
+            z, state = _apply_norm(self.norm, z, state, mask)
+        if self.conv is not None:
+            if h is None:
+                z = self.conv(z, mask=mask)
+            else:
+                h_conv, z = self.conv.scan(h_conv, z, mask=mask)
+        if self.in_proj is not None:
+            z = _dense(self.in_proj, z)
+        z, h_mixer = _mix(self.mixer, z, h_mixer, mask)
+        if self.out_proj is not None:
+            z = _dense(self.out_proj, z)
+        x = x + _dropout(self.dropout, z, k1, self.inference)
+        if not self.prenorm:
+            x, state = _apply_norm(self.norm, x, state, mask)
+        if self.mlp_in is not None:
+            z = x
+            if self.prenorm:
+                z, state = _apply_norm(self.mlp_norm, z, state, mask)
+            z = _dense(self.mlp_out, jnn.gelu(_dense(self.mlp_in, z)))
+            x = x + _dropout(self.dropout, z, k2, self.inference)
+            if not self.prenorm:
+                x, state = _apply_norm(self.mlp_norm, x, state, mask)
+        new_h = None if h is None else (h_conv, h_mixer)
+        return x, state, new_h
+
+
+def _check_mixer(owner: str, mixer) -> None:
+    if not isinstance(mixer, AbstractMixer):
+        raise ValueError(
+            f"{owner}: `mixer` must be a recurrax mixer (LRU, DiagonalSSM, MinGRU, MinLSTM, "
+            f"GRU, LSTM, Bidirectional, or another AbstractMixer), got {type(mixer).__name__}."
+        )
+
+
+def _check_rate(owner: str, rate: float) -> None:
+    if not 0 <= rate < 1:
+        raise ValueError(f"{owner}: `dropout` must be in [0, 1), got dropout={rate!r}.")

@@ -1,0 +1,167 @@
+r"""The mixer interface: what a block needs from a sequence layer.
+
+Every recurrent layer of recurrax ([`recurrax.LRU`][], [`recurrax.DiagonalSSM`][],
+[`recurrax.MinGRU`][], [`recurrax.MinLSTM`][], [`recurrax.GRU`][], [`recurrax.LSTM`][], the
+[`recurrax.Bidirectional`][] wrapper) is an [`recurrax.AbstractMixer`][], so any of them drops
+into a block.
+"""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
+
+
+class AbstractMixer(eqx.Module):
+    r"""Abstract base class of a sequence mixer: a layer mapping `(length, input_size)` to
+    `(length, output_size)`, causal unless `bidirectional`.
+
+    The call convention is that of `jax.lax.scan`, for one example (`jax.vmap` for batches):
+
+    - `mixer.init_state()`: the carried state before the first step (any pytree);
+    - `mixer.step(h, x_t) -> (h, y_t)`: one time step;
+    - `mixer.scan(h, x, *, reverse=False, mask=None) -> (h_last, y)`: a whole sequence from a
+        carried state, equal to stepping through it;
+    - `mixer(x, *, mask=None, key=None) -> y`: a whole sequence from `init_state()`.
+
+    **Masks.** `mask` is a boolean `(length,)` marking the steps that exist. A masked step
+    leaves the state unchanged and its output is zero, so a padded sequence gives the outputs
+    of the unpadded one at every valid position, and a reverse scan starts at each sequence's
+    true end. Bidirectional mixers have no `step`/`scan` (their reverse direction needs the
+    whole sequence) and raise a `ValueError` there.
+    """
+
+    input_size: eqx.AbstractVar[int]
+    output_size: eqx.AbstractVar[int]
+    bidirectional: eqx.AbstractVar[bool]
+
+    @abc.abstractmethod
+    def init_state(self) -> PyTree[Array]:
+        """The state before the first step."""
+
+    @abc.abstractmethod
+    def step(
+        self, h: PyTree[Array], x_t: Float[Array, " input"]
+    ) -> tuple[PyTree[Array], Float[Array, " output"]]:
+        """Advance one step: `(h, x_t) -> (h, y_t)`."""
+
+    @abc.abstractmethod
+    def scan(
+        self,
+        h: PyTree[Array],
+        x: Float[Array, "length input"],
+        *,
+        reverse: bool = False,
+        mask: Bool[Array, " length"] | None = None,
+    ) -> tuple[PyTree[Array], Float[Array, "length output"]]:
+        """Run `x` from the carried state `h`: `(h_last, y)`."""
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        x: Float[Array, "length input"],
+        *,
+        mask: Bool[Array, " length"] | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "length output"]:
+        """The outputs for a whole sequence from `init_state()`."""
+
+
+def check_mask(owner: str, mask, length: int) -> None:
+    """A mask must be a boolean `(length,)` array (trace-time check)."""
+    if mask is None:
+        return
+    shape = tuple(jnp.shape(mask))
+    dtype = jnp.result_type(mask)
+    if shape != (length,) or dtype != jnp.bool_:
+        raise ValueError(
+            f"{owner}: `mask` must be a boolean array of shape ({length},) matching the "
+            f"sequence length, got shape {shape} and dtype {dtype}."
+        )
+
+
+def zero_masked(y: Array, mask) -> Array:
+    """Outputs at masked steps set to zero (`y` is `(length, ...)`)."""
+    if mask is None:
+        return y
+    m = mask.reshape(mask.shape + (1,) * (y.ndim - 1))
+    return jnp.where(m, y, jnp.zeros((), y.dtype))
+
+
+def hold_masked(new: PyTree[Array], old: PyTree[Array], keep_new) -> PyTree[Array]:
+    """`new` where `keep_new` (a scalar boolean) else `old`, leaf by leaf."""
+    return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
+
+
+class Bidirectional(AbstractMixer):
+    r"""Two causal mixers, one run forwards and one backwards in time, outputs summed:
+    $y_t = f(x)_t + \overleftarrow{g}(x)_t$ where the second mixer reads the sequence from
+    its (true) end.
+
+    The LRU and the diagonal SSM have their own `bidirectional=True` (shared $\Lambda$ and
+    $B$, separate $C$, as in the LRU paper); this wrapper makes any causal mixer (minGRU,
+    minLSTM, GRU, LSTM) bidirectional.
+
+    **Fields:** `forward`, `backward`: causal mixers with the same input and output sizes.
+    """
+
+    forward: AbstractMixer
+    backward: AbstractMixer
+
+    def __init__(self, forward: AbstractMixer, backward: AbstractMixer):
+        """**Raises:** `ValueError` if a mixer is bidirectional itself or the sizes differ."""
+        for name, mixer in (("forward", forward), ("backward", backward)):
+            if not isinstance(mixer, AbstractMixer) or mixer.bidirectional:
+                raise ValueError(
+                    f"Bidirectional: `{name}` must be a causal recurrax mixer, got {mixer!r:.80}."
+                )
+        sizes = [(m.input_size, m.output_size) for m in (forward, backward)]
+        if sizes[0] != sizes[1]:
+            raise ValueError(
+                f"Bidirectional: `forward` and `backward` must have the same (input_size, "
+                f"output_size), got {sizes[0]} and {sizes[1]}."
+            )
+        self.forward, self.backward = forward, backward
+
+    @property
+    def input_size(self) -> int:
+        return self.forward.input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.forward.output_size
+
+    @property
+    def bidirectional(self) -> bool:
+        return True
+
+    def _unavailable(self, what: str):
+        return ValueError(
+            f"Bidirectional: `{what}` is undefined for a bidirectional mixer (its reverse "
+            f"direction needs the whole sequence); call it on the full sequence instead."
+        )
+
+    def init_state(self) -> PyTree[Array]:
+        raise self._unavailable("init_state")
+
+    def step(self, h, x_t):
+        raise self._unavailable("step")
+
+    def scan(self, h, x, *, reverse=False, mask=None):
+        raise self._unavailable("scan")
+
+    def __call__(
+        self,
+        x: Float[Array, "length input"],
+        *,
+        mask: Bool[Array, " length"] | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "length output"]:
+        """`forward(x) + backward` run in reverse time, both from their initial states;
+        `(length, output_size)`."""
+        del key
+        y_forward = self.forward(x, mask=mask)
+        _, y_backward = self.backward.scan(self.backward.init_state(), x, reverse=True, mask=mask)
+        return y_forward + y_backward

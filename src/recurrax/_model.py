@@ -1,0 +1,533 @@
+r"""Deep sequence models: encoder → residual blocks → pooling → head, streaming included."""
+
+import dataclasses
+import json
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+
+from ._block import _dense, AbstractBlock, GLUBlock, make_norm, MixerMLPBlock
+from ._checks import check_positive_int
+from ._discretisation import BackwardEuler, Bilinear, ForwardEuler, ZeroOrderHold
+from ._init import HiPPOLegS, S4DInv, S4DLin
+from ._lru import LRU
+from ._minrnn import MinGRU, MinLSTM
+from ._mixer import AbstractMixer, Bidirectional, check_mask
+from ._norm import AbstractNorm, BatchNorm
+from ._rnn import GRU, LSTM
+from ._ssm import DiagonalSSM
+
+
+Pooling = Literal["mean", "last", "none"]
+_POOLINGS = ("mean", "last", "none")
+_sentinel: Any = object()
+
+
+def _is_float(x) -> bool:
+    return eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+class SequenceModel(eqx.Module):
+    r"""A deep sequence model built functionally from Equinox modules:
+    encoder (token embedding or linear) → blocks → optional final norm → pooling → head.
+
+    Acts on one example (`jax.vmap` for batches; with BatchNorm, vmap with
+    `axis_name="batch"` and thread the `equinox.nn.State`):
+
+    - `model(x, *, mask=None, key=None) -> y`, or `model(x, state, ...) -> (y, state)` when
+        a normalisation state is passed (models with BatchNorm need one);
+    - streaming, as for the layers: `model.init_state()`,
+        `model.step(h, x_t) -> (h, y_t)` and `model.scan(h, x) -> (h, y)` give the per-step
+        outputs (the `pooling="none"` outputs) of the whole stack, the convolutions'
+        histories included; feeding tokens one at a time, or a sequence in pieces with the
+        carried `h`, gives the one-call outputs. Streaming is inference: dropout is off and
+        BatchNorm must be in inference mode (`equinox.nn.inference_mode`; pass its state).
+
+    `x` is `(length,)` integer tokens for an embedding encoder, `(length, input_size)`
+    features for a linear one. `mask` (boolean `(length,)`) marks valid steps: padding never
+    changes the outputs at valid positions, pooling uses valid positions only, and reverse
+    scans of bidirectional mixers start at each sequence's true end.
+
+    **Precision:** `compute_dtype` (e.g. `jnp.bfloat16`) casts the floating parameters to
+    that dtype inside every call (float32 master parameters, low-precision activations); a
+    model built with `bfloat16` parameters computes in bfloat16 throughout. Either way the
+    recurrences are accumulated in float32.
+
+    **Fields:** `encoder`, `blocks` (a tuple of [`recurrax.AbstractBlock`][]), `final_norm`,
+    `head` (`eqx.nn.Linear(d_model, output_size)`), `pooling`, `compute_dtype`.
+    """
+
+    encoder: eqx.nn.Embedding | eqx.nn.Linear
+    blocks: tuple[AbstractBlock, ...]
+    final_norm: AbstractNorm | None
+    head: eqx.nn.Linear
+    pooling: Pooling = eqx.field(static=True)
+    compute_dtype: str | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        encoder: eqx.nn.Embedding | eqx.nn.Linear,
+        blocks: list[AbstractBlock] | tuple[AbstractBlock, ...],
+        head: eqx.nn.Linear,
+        *,
+        final_norm: AbstractNorm | None = None,
+        pooling: Pooling = "mean",
+        compute_dtype=None,
+    ):
+        """**Arguments:**
+
+        - `encoder`: `eqx.nn.Embedding(vocab_size, d_model)` for tokens or
+            `eqx.nn.Linear(input_size, d_model)` for features.
+        - `blocks`: residual blocks of width `d_model` ([`recurrax.GLUBlock`][],
+            [`recurrax.MixerMLPBlock`][]).
+        - `head`: `eqx.nn.Linear(d_model, output_size)`.
+        - `final_norm`: a norm after the last block (usual with pre-norm blocks), or `None`.
+        - `pooling`: `"mean"` or `"last"` over valid steps, or `"none"` (per-step outputs).
+        - `compute_dtype`: cast floating parameters to this dtype when called, or `None`.
+
+        **Raises:** `ValueError` if the widths of the parts do not chain or `pooling` is
+        unknown.
+        """
+        if pooling not in _POOLINGS:
+            raise ValueError(
+                f"SequenceModel: `pooling` must be one of {_POOLINGS}, got pooling={pooling!r}."
+            )
+        if not isinstance(encoder, (eqx.nn.Embedding, eqx.nn.Linear)):
+            raise ValueError(
+                f"SequenceModel: `encoder` must be an eqx.nn.Embedding or eqx.nn.Linear, got "
+                f"{type(encoder).__name__}."
+            )
+        blocks = tuple(blocks)
+        width = _encoder_width(encoder)
+        for i, block in enumerate(blocks):
+            if not isinstance(block, AbstractBlock):
+                raise ValueError(
+                    f"SequenceModel: `blocks[{i}]` must be a recurrax block, got "
+                    f"{type(block).__name__}."
+                )
+            if block.d_model != width:
+                raise ValueError(
+                    f"SequenceModel: `blocks[{i}]` has d_model={block.d_model} but the encoder "
+                    f"gives width {width}."
+                )
+        if head.in_features != width:
+            raise ValueError(
+                f"SequenceModel: `head` takes {head.in_features} features but the blocks give "
+                f"width {width}."
+            )
+        self.encoder, self.blocks, self.head = encoder, blocks, head
+        self.final_norm = final_norm
+        self.pooling = pooling
+        self.compute_dtype = None if compute_dtype is None else str(np.dtype(compute_dtype))
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def d_model(self) -> int:
+        return _encoder_width(self.encoder)
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The number of tokens for an embedding encoder, else `None`."""
+        if isinstance(self.encoder, eqx.nn.Embedding):
+            return self.encoder.num_embeddings
+        return None
+
+    @property
+    def input_size(self) -> int | None:
+        """The feature width for a linear encoder, else `None`."""
+        if isinstance(self.encoder, eqx.nn.Linear):
+            return self.encoder.in_features
+        return None
+
+    @property
+    def output_size(self) -> int:
+        return self.head.out_features
+
+    @property
+    def bidirectional(self) -> bool:
+        return any(block.mixer.bidirectional for block in self.blocks)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _cast(self) -> "SequenceModel":
+        if self.compute_dtype is None:
+            return self
+        dtype = np.dtype(self.compute_dtype)
+        return jax.tree.map(lambda p: p.astype(dtype) if _is_float(p) else p, self)
+
+    def _encode(self, x, *, per_step: bool):
+        owner = "SequenceModel"
+        name = "x_t" if per_step else "x"
+        if isinstance(self.encoder, eqx.nn.Embedding):
+            expected = "()" if per_step else "(length,)"
+            if x.ndim != (0 if per_step else 1) or not jnp.issubdtype(x.dtype, jnp.integer):
+                raise ValueError(
+                    f"{owner}: `{name}` must be integer tokens of shape {expected} for an "
+                    f"embedding encoder, got shape {tuple(x.shape)} and dtype {x.dtype}."
+                )
+            x = _check_tokens(x, self.encoder.num_embeddings, name)
+            weight = self.encoder.weight
+            return weight[x]
+        features = self.encoder.in_features
+        expected = f"({features},)" if per_step else f"(length, {features})"
+        if x.ndim != (1 if per_step else 2) or x.shape[-1] != features:
+            raise ValueError(
+                f"{owner}: `{name}` must have shape {expected} for a linear encoder, got "
+                f"shape {tuple(x.shape)}."
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{owner}: `{name}` must be floating features, got dtype {x.dtype}.")
+        x = x.astype(self.encoder.weight.dtype)
+        if per_step:
+            x = x[None]
+        z = _dense(self.encoder, x)
+        return z[0] if per_step else z
+
+    def _body(self, z, state, h, mask, key):
+        n = len(self.blocks)
+        keys = (None,) * n if key is None else jax.random.split(key, n)
+        hs = []
+        for i, block in enumerate(self.blocks):
+            h_i = None if h is None else h[i]
+            z, state, h_i = block._forward(z, state, h_i, mask, keys[i])
+            hs.append(h_i)
+        if self.final_norm is not None:
+            z, state = self.final_norm(z, state, mask=mask)
+        return z, state, (None if h is None else tuple(hs))
+
+    def _check_streaming(self, state):
+        if self.bidirectional:
+            raise ValueError(
+                "SequenceModel: streaming (`scan`/`step`) is undefined for a bidirectional "
+                "model (its reverse direction needs the whole sequence); call the model on "
+                "the whole sequence."
+            )
+        norms = [
+            leaf
+            for leaf in jax.tree.leaves(self, is_leaf=lambda n: isinstance(n, BatchNorm))
+            if isinstance(leaf, BatchNorm)
+        ]
+        if any(not norm.inference for norm in norms):
+            raise ValueError(
+                "SequenceModel: streaming uses BatchNorm's running statistics; switch the model "
+                "to inference mode with equinox.nn.inference_mode(model) and pass its `state`."
+            )
+        if norms and state is None:
+            raise ValueError(
+                "SequenceModel: this model has BatchNorm; pass its `state` (running statistics)."
+            )
+
+    # -- the public calls ----------------------------------------------------------------
+
+    def __call__(
+        self,
+        x: Int[Array, " length"] | Float[Array, "length input"],
+        state: eqx.nn.State | None = _sentinel,
+        *,
+        mask: Bool[Array, " length"] | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "*length output"] | tuple[Float[Array, "*length output"], eqx.nn.State]:
+        """**Arguments:**
+
+        - `x`: tokens `(length,)` or features `(length, input_size)`.
+        - `state`: the `equinox.nn.State` of the normalisations (needed with BatchNorm).
+        - `mask`: boolean `(length,)`, `True` at valid steps.
+        - `key`: for dropout (`None`: no dropout).
+
+        **Returns:** `(output_size,)` for mean/last pooling, `(length, output_size)` for
+        `"none"`; with `state` passed, the pair `(y, state)`.
+
+        **Raises:** `ValueError` for inputs of the wrong shape or dtype, tokens outside
+        `[0, vocab_size)`, a bad mask, or BatchNorm without a state.
+        """
+        model = self._cast()
+        z = model._encode(x, per_step=False)
+        check_mask("SequenceModel", mask, z.shape[0])
+        z, new_state, _ = model._body(z, None if state is _sentinel else state, None, mask, key)
+        y = _pool(self.pooling, z, mask)
+        y = _dense(model.head, y[None])[0] if y.ndim == 1 else _dense(model.head, y)
+        return y if state is _sentinel else (y, new_state)
+
+    def init_state(self) -> PyTree[Array]:
+        """The streaming state of every block (recurrent states and convolution histories)."""
+        return tuple(block.init_state() for block in self.blocks)
+
+    def scan(
+        self,
+        h: PyTree[Array],
+        x: Int[Array, " length"] | Float[Array, "length input"],
+        *,
+        state: eqx.nn.State | None = None,
+        mask: Bool[Array, " length"] | None = None,
+    ) -> tuple[PyTree[Array], Float[Array, "length output"]]:
+        """Run `x` from the carried streaming state `h`: `(h_last, y)` with per-step outputs
+        `(length, output_size)`. Pieces with carried state give the one-call outputs.
+
+        **Raises:** `ValueError` for a bidirectional model, BatchNorm in training mode, or
+        bad inputs."""
+        self._check_streaming(state)
+        model = self._cast()
+        z = model._encode(x, per_step=False)
+        check_mask("SequenceModel", mask, z.shape[0])
+        z, _, h = model._body(z, state, h, mask, None)
+        return h, _dense(model.head, z)
+
+    def step(
+        self,
+        h: PyTree[Array],
+        x_t: Int[Array, ""] | Float[Array, " input"],
+        *,
+        state: eqx.nn.State | None = None,
+    ) -> tuple[PyTree[Array], Float[Array, " output"]]:
+        """One token or feature vector: `(h, y_t)`, `y_t` of shape `(output_size,)`."""
+        self._check_streaming(state)
+        model = self._cast()
+        z = model._encode(x_t, per_step=True)
+        z, _, h = model._body(z[None], state, h, None, None)
+        return h, _dense(model.head, z)[0]
+
+
+def _encoder_width(encoder) -> int:
+    if isinstance(encoder, eqx.nn.Embedding):
+        return encoder.embedding_size
+    return encoder.out_features
+
+
+def _check_tokens(x, vocab_size: int, name: str):
+    message = f"SequenceModel: `{name}` holds tokens outside [0, {vocab_size})"
+    if isinstance(x, jax.core.Tracer):
+        return eqx.error_if(x, jnp.any((x < 0) | (x >= vocab_size)), message + ".")
+    bad = np.asarray(x)[(np.asarray(x) < 0) | (np.asarray(x) >= vocab_size)]
+    if bad.size:
+        raise ValueError(f"{message}, e.g. {int(bad[0])}.")
+    return x
+
+
+def _pool(pooling: str, z, mask):
+    if pooling == "none":
+        return z
+    if mask is None:
+        return jnp.mean(z, axis=0) if pooling == "mean" else z[-1]
+    weights = mask.astype(z.dtype)
+    count = jnp.sum(weights)
+    if pooling == "mean":
+        return jnp.sum(z * weights[:, None], axis=0) / jnp.maximum(count, jnp.ones((), z.dtype))
+    last = jnp.maximum(jnp.sum(mask.astype(jnp.int32)) - 1, 0)
+    return jnp.where(count > 0, z[last], jnp.zeros((), z.dtype))
+
+
+# -- configuration -----------------------------------------------------------------------
+
+_MIXERS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm")
+_BLOCKS = ("glu", "mlp")
+_SSM_INITS = {"hippo": HiPPOLegS, "s4d-lin": S4DLin, "s4d-inv": S4DInv}
+_DISCRETISATIONS = {
+    "zoh": ZeroOrderHold,
+    "bilinear": Bilinear,
+    "forward-euler": ForwardEuler,
+    "backward-euler": BackwardEuler,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    r"""Every hyper-parameter of a [`recurrax.SequenceModel`][] as plain JSON-able values: what
+    checkpoints store and experiments vary. `build(key=...)` makes the model.
+
+    **Fields:**
+
+    - `mixer`: `"lru"`, `"ssm"`, `"mingru"`, `"minlstm"`, `"gru"` or `"lstm"`.
+    - `d_model`, `depth`, `output_size`.
+    - `vocab_size` (token inputs) or `input_size` (feature inputs): exactly one.
+    - `block`: `"glu"` (the LRU paper's, [`recurrax.GLUBlock`][]) or `"mlp"` (the minRNN
+        paper's, [`recurrax.MixerMLPBlock`][]).
+    - `state_size`: $N$ of the LRU/SSM.
+    - `expansion`: the mixer's width over `d_model` in an `"mlp"` block (6 in the minRNN
+        paper's selective copying); 1 in a `"glu"` block.
+    - `norm` (`"batch"`, `"layer"`, `"rms"` or `None`), `prenorm`, `final_norm`.
+    - `dropout`, `conv_kernel` (`None` or e.g. 4), `mlp_expansion` (`None` or e.g. 4).
+    - `pooling`: `"mean"`, `"last"` or `"none"`.
+    - `bidirectional`: LRU/SSM with their own reverse direction, other mixers through
+        [`recurrax.Bidirectional`][].
+    - `mixer_options`: keyword arguments of the mixer's constructor (`r_min`, `r_max`,
+        `max_phase`; `log_space`, `forget_bias`; for the SSM `init` in
+        `"hippo"`/`"s4d-lin"`/`"s4d-inv"`, `discretisation` in
+        `"zoh"`/`"bilinear"`/`"forward-euler"`/`"backward-euler"`, `delta`, ...).
+    - `param_dtype` (`"float32"`, `"bfloat16"`, ...), `compute_dtype` (or `None`).
+    """
+
+    mixer: str = "lru"
+    d_model: int = 64
+    depth: int = 2
+    output_size: int = 10
+    vocab_size: int | None = None
+    input_size: int | None = None
+    block: str = "glu"
+    state_size: int = 64
+    expansion: int = 1
+    norm: str | None = "batch"
+    prenorm: bool = True
+    final_norm: bool = False
+    dropout: float = 0.0
+    conv_kernel: int | None = None
+    mlp_expansion: int | None = None
+    pooling: str = "mean"
+    bidirectional: bool = False
+    mixer_options: dict = dataclasses.field(default_factory=dict)
+    param_dtype: str = "float32"
+    compute_dtype: str | None = None
+
+    def __post_init__(self):
+        owner = "ModelConfig"
+        for name, options in (("mixer", _MIXERS), ("block", _BLOCKS), ("pooling", _POOLINGS)):
+            if getattr(self, name) not in options:
+                raise ValueError(
+                    f"{owner}: `{name}` must be one of {options}, got "
+                    f"{name}={getattr(self, name)!r}."
+                )
+        if self.norm not in ("batch", "layer", "rms", None):
+            raise ValueError(
+                f"{owner}: `norm` must be 'batch', 'layer', 'rms' or None, got norm={self.norm!r}."
+            )
+        for name in ("d_model", "depth", "output_size", "state_size", "expansion"):
+            check_positive_int(owner, name, getattr(self, name))
+        if (self.vocab_size is None) == (self.input_size is None):
+            raise ValueError(
+                f"{owner}: give exactly one of `vocab_size` (token inputs) and `input_size` "
+                f"(feature inputs), got vocab_size={self.vocab_size!r}, "
+                f"input_size={self.input_size!r}."
+            )
+        for name in ("vocab_size", "input_size", "conv_kernel", "mlp_expansion"):
+            if getattr(self, name) is not None:
+                check_positive_int(owner, name, getattr(self, name))
+        if self.block == "glu" and (
+            self.expansion != 1 or self.conv_kernel is not None or self.mlp_expansion is not None
+        ):
+            raise ValueError(
+                f"{owner}: the 'glu' block has no expansion, convolution or MLP; got "
+                f"expansion={self.expansion}, conv_kernel={self.conv_kernel}, "
+                f"mlp_expansion={self.mlp_expansion} (use block='mlp')."
+            )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"{owner}: `dropout` must be in [0, 1), got dropout={self.dropout!r}.")
+        for name in ("param_dtype", "compute_dtype"):
+            value = getattr(self, name)
+            if value is None and name == "compute_dtype":
+                continue
+            try:
+                ok = jnp.issubdtype(np.dtype(value), jnp.floating)
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{owner}: `{name}` must name a floating dtype, got {value!r}.")
+        try:
+            json.dumps(self.mixer_options)
+        except TypeError as error:
+            raise ValueError(
+                f"{owner}: `mixer_options` must be JSON-serialisable ({error})."
+            ) from None
+
+    def to_dict(self) -> dict:
+        """The configuration as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """The configuration from `to_dict()`'s output.
+
+        **Raises:** `ValueError` naming unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}.")
+        return cls(**data)
+
+    def make_mixer(self, width: int, *, key: PRNGKeyArray) -> AbstractMixer:
+        """The configured mixer for blocks of `width` features: minGRU/minLSTM/GRU/LSTM map
+        `width -> expansion * width`; the LRU and SSM work at `expansion * width` (the block
+        projects in and out)."""
+        options = dict(self.mixer_options)
+        dtype = np.dtype(self.param_dtype)
+        hidden = width * self.expansion
+        if self.mixer in ("lru", "ssm"):
+            if self.mixer == "ssm":
+                if "init" in options:
+                    options["init"] = _lookup("init", _SSM_INITS, options["init"])()
+                if "discretisation" in options:
+                    options["discretisation"] = _lookup(
+                        "discretisation", _DISCRETISATIONS, options["discretisation"]
+                    )()
+            cls = LRU if self.mixer == "lru" else DiagonalSSM
+            return cls(
+                hidden,
+                self.state_size,
+                bidirectional=self.bidirectional,
+                dtype=dtype,
+                key=key,
+                **options,
+            )
+        cls = {"mingru": MinGRU, "minlstm": MinLSTM, "gru": GRU, "lstm": LSTM}[self.mixer]
+        if not self.bidirectional:
+            return cls(width, hidden, dtype=dtype, key=key, **options)
+        k1, k2 = jax.random.split(key)
+        return Bidirectional(
+            cls(width, hidden, dtype=dtype, key=k1, **options),
+            cls(width, hidden, dtype=dtype, key=k2, **options),
+        )
+
+    def build(self, *, key: PRNGKeyArray) -> tuple[SequenceModel, eqx.nn.State]:
+        """`(model, state)`: the model and its normalisation state (empty without
+        BatchNorm), as `equinox.nn.make_with_state` gives them."""
+        return eqx.nn.make_with_state(_build)(self, key)
+
+
+def _lookup(name, table, value):
+    if value not in table:
+        raise ValueError(
+            f"ModelConfig: mixer_options[{name!r}] must be one of {tuple(table)}, got {value!r}."
+        )
+    return table[value]
+
+
+def _build(config: ModelConfig, key) -> SequenceModel:
+    dtype = np.dtype(config.param_dtype)
+    d = config.d_model
+    k_enc, k_head, k_blocks = jax.random.split(key, 3)
+    if config.vocab_size is not None:
+        encoder = eqx.nn.Embedding(config.vocab_size, d, dtype=dtype, key=k_enc)
+    else:
+        encoder = eqx.nn.Linear(config.input_size, d, dtype=dtype, key=k_enc)
+    blocks = []
+    for k in jax.random.split(k_blocks, config.depth):
+        k_mixer, k_block = jax.random.split(k)
+        common = dict(norm=config.norm, prenorm=config.prenorm, dropout=config.dropout, dtype=dtype)
+        if config.block == "glu":
+            mixer = config.make_mixer(d, key=k_mixer)
+            blocks.append(GLUBlock(mixer, key=k_block, **common))
+        else:
+            mixer = config.make_mixer(d, key=k_mixer)
+            blocks.append(
+                MixerMLPBlock(
+                    d,
+                    mixer,
+                    conv_kernel=config.conv_kernel,
+                    mlp_expansion=config.mlp_expansion,
+                    key=k_block,
+                    **common,
+                )
+            )
+    final_norm = make_norm(config.norm, d, dtype=dtype) if config.final_norm else None
+    head = eqx.nn.Linear(d, config.output_size, dtype=dtype, key=k_head)
+    return SequenceModel(
+        encoder,
+        blocks,
+        head,
+        final_norm=final_norm,
+        pooling=config.pooling,
+        compute_dtype=config.compute_dtype,
+    )

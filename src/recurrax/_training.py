@@ -1,0 +1,658 @@
+r"""Training: optimiser parameter groups, the learning-rate schedule, train and eval steps,
+and data-parallel training over a 1-D device mesh.
+
+The optimiser follows THEORY §3 (LRU, App. D.2) and §5 (minRNN): the recurrent parameters of
+an LRU or a diagonal SSM ($\nu$, $\theta$, $\gamma$, $B$, and $\Lambda$, $\Delta$) get the
+learning rate base $\times$ `lr_factor` and no weight decay; the parameters of the minimal and
+classic RNNs get the base learning rate and no weight decay; everything else gets AdamW with
+weight decay.
+"""
+
+import dataclasses
+import functools
+import math
+import types
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import PRNGKeyArray, PyTree, Scalar
+
+from ._layer import AbstractRecurrentLayer
+from ._lru import LRU
+from ._minrnn import MinGRU, MinLSTM
+from ._rnn import GRU, LSTM
+from ._ssm import DiagonalSSM
+
+
+# -- parameter groups -------------------------------------------------------------------------
+
+RECURRENT = "recurrent"
+NO_DECAY = "no_decay"
+DECAY = "decay"
+
+RECURRENT_FIELDS: Mapping[type, frozenset[str]] = types.MappingProxyType(
+    {
+        # LRU paper, App. D.2: nu, theta, gamma and B train at base x lr_factor, no decay.
+        LRU: frozenset({"nu_log", "theta_log", "gamma_log", "B_re", "B_im"}),
+        # The same roles in the continuous parameterisation: Lambda and the step make the
+        # discrete eigenvalues, B is the input matrix.
+        DiagonalSSM: frozenset({"Lambda_re_log", "Lambda_im", "log_step", "B_re", "B_im"}),
+    }
+)
+"""The layers with a `"recurrent"` group: `{layer type: names of its recurrent fields}`. The
+other parameters of these layers (`C_re`, `C_im`, `D`) are ordinary (`"decay"`). Read-only;
+extend it by passing `recurrent_fields={**RECURRENT_FIELDS, MyLayer: {"a_log"}}`."""
+
+NO_DECAY_TYPES: tuple[type, ...] = (
+    MinGRU,
+    MinLSTM,
+    GRU,
+    LSTM,
+    eqx.nn.GRUCell,
+    eqx.nn.LSTMCell,
+    # Any other recurrent layer, e.g. a user's subclass: no weight decay on the recurrence
+    # (minRNN §5), at the base learning rate (there is no eigenvalue parameter to slow down).
+    AbstractRecurrentLayer,
+)
+"""The layers all of whose parameters form the `"no_decay"` group: the minimal and classic
+RNNs (minRNN paper: no weight decay on the RNN projections) and every other subclass of
+[`recurrax.AbstractRecurrentLayer`][]. [`recurrax.RECURRENT_FIELDS`][] takes precedence (an
+LRU is a recurrent layer too)."""
+
+
+def _field_name(path: tuple) -> str | None:
+    key = path[0] if len(path) == 1 else None
+    return key.name if isinstance(key, jax.tree_util.GetAttrKey) else None
+
+
+def _check_tables(recurrent_fields, no_decay_types) -> None:
+    for cls, names in recurrent_fields.items():
+        if not isinstance(cls, type):
+            raise ValueError(
+                f"param_labels: the keys of `recurrent_fields` must be layer types, got {cls!r}."
+            )
+        if isinstance(names, str):
+            raise ValueError(
+                f"param_labels: `recurrent_fields[{cls.__name__}]` must be a collection of "
+                f"field names, got the single string {names!r}."
+            )
+        if dataclasses.is_dataclass(cls):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(
+                    f"param_labels: `recurrent_fields[{cls.__name__}]` names {unknown}, which "
+                    f"are not fields of {cls.__name__} (its fields: {sorted(known)})."
+                )
+    for cls in no_decay_types:
+        if not isinstance(cls, type):
+            raise ValueError(
+                f"param_labels: `no_decay_types` must contain layer types, got {cls!r}."
+            )
+
+
+def _label(node, group: str, recurrent_fields, no_decay_types):
+    """Labels for the array leaves of `node` (arrays or `None` after `eqx.filter`), `group`
+    unless a layer type below says otherwise."""
+    if node is None:
+        return None
+    if eqx.is_array(node):
+        return group
+    recurrent = next((f for t, f in recurrent_fields.items() if isinstance(node, t)), None)
+    if recurrent is None and isinstance(node, no_decay_types):
+        group = NO_DECAY
+    # One level down: the node's children, with their attribute names where it has them.
+    children, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    if len(children) == 1 and children[0][1] is node:
+        return None  # a leaf that is not an array (only `None` appears after `eqx.filter`)
+    labels = []
+    for path, child in children:
+        child_group = group
+        if recurrent is not None:
+            child_group = RECURRENT if _field_name(path) in recurrent else DECAY
+        labels.append(_label(child, child_group, recurrent_fields, no_decay_types))
+    return jax.tree_util.tree_unflatten(treedef, labels)
+
+
+def param_labels(
+    model: PyTree,
+    *,
+    recurrent_fields: Mapping[type, Collection[str]] = RECURRENT_FIELDS,
+    no_decay_types: tuple[type, ...] = NO_DECAY_TYPES,
+) -> PyTree[str | None]:
+    r"""The optimiser group of every parameter: `"recurrent"`, `"no_decay"` or `"decay"`.
+
+    The model is searched for layers of the listed types at any depth (in tuples, lists,
+    dicts, blocks, other modules). Within a layer of a type in `recurrent_fields` (the first
+    that matches by `isinstance`), its listed fields are `"recurrent"` and its other
+    parameters `"decay"`; within a layer of a type in `no_decay_types` every parameter is
+    `"no_decay"`; everything else (encoders, MLP/GLU linears, norms, heads) is `"decay"`. A
+    listed layer nested inside another listed layer is labelled by its own entry.
+
+    Default groups:
+
+    - [`recurrax.LRU`][]: `nu_log`, `theta_log`, `gamma_log`, `B_re`, `B_im` are
+        `"recurrent"` (base × `lr_factor`, no decay); `C_re`, `C_im`, `D` are `"decay"`.
+    - [`recurrax.DiagonalSSM`][]: `Lambda_re_log`, `Lambda_im`, `log_step`, `B_re`, `B_im`
+        are `"recurrent"`; `C_re`, `C_im`, `D` are `"decay"`.
+    - [`recurrax.MinGRU`][], [`recurrax.MinLSTM`][], [`recurrax.GRU`][],
+        [`recurrax.LSTM`][], `eqx.nn.GRUCell`, `eqx.nn.LSTMCell` and any other
+        [`recurrax.AbstractRecurrentLayer`][]: all `"no_decay"` (base, no decay).
+    - Anything else: `"decay"` (AdamW with weight decay).
+
+    **Arguments:**
+
+    - `model`: any pytree, usually an `equinox.Module`.
+    - `recurrent_fields`: `{layer type: names of its recurrent fields}`; default
+        [`recurrax.RECURRENT_FIELDS`][].
+    - `no_decay_types`: layer types whose parameters are all `"no_decay"`; default
+        [`recurrax.NO_DECAY_TYPES`][]. `recurrent_fields` takes precedence.
+
+    **Returns:**
+
+    A pytree with the structure of `eqx.filter(model, eqx.is_inexact_array)` whose array
+    leaves are replaced by the group names (other leaves `None`): the `param_labels` of
+    `optax.multi_transform`.
+
+    **Raises:**
+
+    `ValueError` if a key of `recurrent_fields` is not a type or lists a name that is not a
+    field of it, or if `no_decay_types` holds something other than types.
+    """
+    no_decay_types = tuple(no_decay_types)
+    _check_tables(recurrent_fields, no_decay_types)
+    fields = {cls: frozenset(names) for cls, names in recurrent_fields.items()}
+    params = eqx.filter(model, eqx.is_inexact_array)
+    return _label(params, DECAY, fields, no_decay_types)
+
+
+# -- argument checks --------------------------------------------------------------------------
+
+
+def _real(value) -> float | None:
+    """`value` as a float if it is a real number (not a bool), else `None`."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value) if np.ndim(value) == 0 and np.isrealobj(value) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _check(owner: str, name: str, value, ok: Callable[[float], bool], requirement: str) -> float:
+    real = _real(value)
+    if real is None or math.isnan(real) or not ok(real):
+        raise ValueError(f"{owner}: `{name}` must be {requirement}, got {name}={value!r}.")
+    return real
+
+
+def _positive(owner, name, value) -> float:
+    return _check(owner, name, value, lambda v: 0 < v < math.inf, "a finite positive number")
+
+
+def _check_learning_rate(owner: str, learning_rate) -> None:
+    if not callable(learning_rate):
+        _check(
+            owner,
+            "learning_rate",
+            learning_rate,
+            lambda v: 0 < v < math.inf,
+            "a finite positive number or an optax schedule",
+        )
+
+
+# -- optimiser and schedule -------------------------------------------------------------------
+
+
+def make_optimizer(
+    model: PyTree,
+    *,
+    learning_rate: float | optax.Schedule,
+    weight_decay: float = 0.05,
+    lr_factor: float = 1.0,
+    clip_norm: float | None = 1.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    recurrent_fields: Mapping[type, Collection[str]] = RECURRENT_FIELDS,
+    no_decay_types: tuple[type, ...] = NO_DECAY_TYPES,
+) -> optax.GradientTransformation:
+    r"""The optimiser of the LRU paper (App. D.2, THEORY §3) with the groups of
+    [`recurrax.param_labels`][]:
+
+    1. clip the gradient of *all* parameters together to global norm `clip_norm`;
+    2. `"decay"`: AdamW at `learning_rate` with decoupled weight decay `weight_decay`;
+    3. `"recurrent"`: Adam at `lr_factor` × `learning_rate`, no weight decay;
+    4. `"no_decay"`: Adam at `learning_rate`, no weight decay.
+
+    Use it on `eqx.filter(model, eqx.is_inexact_array)`:
+    `opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import recurrax
+
+        model = recurrax.LRU(4, 8, key=jax.random.key(0))
+        schedule = recurrax.warmup_cosine_schedule(1e-3, total_steps=1000)
+        optimizer = recurrax.make_optimizer(model, learning_rate=schedule, lr_factor=0.5)
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+        ```
+
+    **Arguments:**
+
+    - `model`: the model to be trained (its layers decide the groups).
+    - `learning_rate`: the base learning rate, a positive float or an optax schedule
+        (e.g. [`recurrax.warmup_cosine_schedule`][]). A schedule is scaled for the recurrent
+        group: `lambda step: lr_factor * schedule(step)`.
+    - `weight_decay`: the decoupled weight decay of the `"decay"` group, $\ge 0$ (0.05 in
+        the paper's Table 9). Like `optax.adamw` it is multiplied by the learning rate.
+    - `lr_factor`: the recurrent group's learning-rate factor, positive (the paper uses
+        0.1 to 0.5, Table 9).
+    - `clip_norm`: the global-norm clipping threshold, positive, or `None` for no clipping.
+    - `b1`, `b2`, `eps`: Adam's moment decays (in $[0, 1)$) and denominator offset ($> 0$).
+    - `recurrent_fields`, `no_decay_types`: the group tables, as in
+        [`recurrax.param_labels`][].
+
+    **Returns:**
+
+    An `optax.GradientTransformation`.
+
+    **Raises:**
+
+    `ValueError` naming the argument and showing its value if it is out of range.
+    """
+    owner = "make_optimizer"
+    _check_learning_rate(owner, learning_rate)
+    _check(owner, "weight_decay", weight_decay, lambda v: 0 <= v < math.inf, "finite and >= 0")
+    lr_factor = _positive(owner, "lr_factor", lr_factor)
+    if clip_norm is not None:
+        _check(owner, "clip_norm", clip_norm, lambda v: 0 < v < math.inf, "positive or None")
+    for name, value in (("b1", b1), ("b2", b2)):
+        _check(owner, name, value, lambda v: 0 <= v < 1, "in [0, 1)")
+    _positive(owner, "eps", eps)
+    labels = param_labels(model, recurrent_fields=recurrent_fields, no_decay_types=no_decay_types)
+
+    if callable(learning_rate):
+        schedule = learning_rate
+
+        def recurrent_lr(step):
+            return lr_factor * schedule(step)
+
+    else:
+        recurrent_lr = lr_factor * learning_rate
+    adam = functools.partial(optax.adam, b1=b1, b2=b2, eps=eps)
+    groups = optax.multi_transform(
+        {
+            DECAY: optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
+            RECURRENT: adam(recurrent_lr),
+            NO_DECAY: adam(learning_rate),
+        },
+        # A function, not the tree itself: optax calls its `param_labels` when it is
+        # callable, and a labelled model (an `eqx.Module` with `__call__`) is.
+        lambda params: labels,
+    )
+    if clip_norm is None:
+        return groups
+    return optax.chain(optax.clip_by_global_norm(clip_norm), groups)
+
+
+def warmup_cosine_schedule(
+    peak_value: float,
+    total_steps: int,
+    *,
+    warmup_fraction: float = 0.1,
+    floor: float = 1e-7,
+) -> optax.Schedule:
+    r"""The LRU paper's schedule (App. D.2, THEORY §3): a linear warm-up from `floor` to
+    `peak_value` over the first $W = \operatorname{round}(\text{warmup\_fraction} \cdot T)$
+    steps, then a cosine decay to `floor` at step $T$ = `total_steps`, and `floor` after:
+
+    $$\eta(t) = \begin{cases}
+    \eta_0 + (\eta_{\max} - \eta_0)\, t / W & t < W,\\
+    \eta_0 + \tfrac12 (\eta_{\max} - \eta_0)
+    \bigl(1 + \cos(\pi \min(1, \tfrac{t - W}{T - W}))\bigr) & t \ge W,
+    \end{cases}$$
+
+    with $\eta_0$ = `floor`, $\eta_{\max}$ = `peak_value`.
+
+    **Arguments:**
+
+    - `peak_value`: the largest learning rate, positive.
+    - `total_steps`: $T$, a positive integer.
+    - `warmup_fraction`: $W / T$, in $[0, 1]$ (0: start at the peak).
+    - `floor`: the first and last value, in $[0, \text{peak\_value}]$ (the paper: $10^{-7}$).
+
+    **Returns:**
+
+    An optax schedule: `step -> learning rate`, traceable under `jax.jit`.
+
+    **Raises:**
+
+    `ValueError` naming the argument and showing its value if it is out of range.
+    """
+    owner = "warmup_cosine_schedule"
+    peak = _positive(owner, "peak_value", peak_value)
+    if not (isinstance(total_steps, (int, np.integer)) and not isinstance(total_steps, bool)):
+        raise ValueError(
+            f"{owner}: `total_steps` must be a positive integer, got total_steps={total_steps!r}."
+        )
+    _check(owner, "total_steps", total_steps, lambda v: v > 0, "a positive integer")
+    fraction = _check(owner, "warmup_fraction", warmup_fraction, lambda v: 0 <= v <= 1, "in [0, 1]")
+    low = _check(owner, "floor", floor, lambda v: 0 <= v <= peak, f"in [0, peak_value={peak!r}]")
+    total = int(total_steps)
+    warmup = int(round(fraction * total))
+    decay = total - warmup
+
+    def schedule(step):
+        t = jnp.asarray(step, dtype=jnp.result_type(float))
+        warming = low + (peak - low) * t / max(warmup, 1)
+        progress = jnp.clip((t - warmup) / max(decay, 1), 0.0, 1.0)
+        cooling = low + 0.5 * (peak - low) * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(t < warmup, warming, cooling)
+
+    return schedule
+
+
+# -- train and eval steps ---------------------------------------------------------------------
+
+LossFn = Callable[..., tuple[Scalar, tuple[Any, dict[str, Any]]]]
+"""`loss_fn(model, state, batch, key) -> (loss, (state, metrics))`."""
+
+
+def _global_norm(tree: PyTree) -> Scalar:
+    r"""$\sqrt{\sum \lVert x \rVert^2}$ over the array leaves of a (real) pytree."""
+    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_array(x)]
+    if not leaves:
+        return jnp.zeros(())
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
+
+
+def train_step(
+    model: PyTree,
+    state: eqx.nn.State | None,
+    opt_state: PyTree,
+    batch: PyTree,
+    key: PRNGKeyArray | None,
+    *,
+    optimizer: optax.GradientTransformation,
+    loss_fn: LossFn,
+) -> tuple[PyTree, eqx.nn.State | None, PyTree, dict[str, Any]]:
+    r"""One optimisation step: the loss and its gradient with respect to the model's
+    floating-point arrays, then the optimiser's update.
+
+    The loss convention: `loss_fn(model, state, batch, key) -> (loss, (state, metrics))`,
+    with `state` an `eqx.nn.State` or `None` (models with BatchNorm thread one), `batch` the
+    whole batch (vmap over its examples inside `loss_fn`), `key` a PRNG key or `None` (for
+    dropout), `loss` a scalar and `metrics` a dict of scalars.
+
+    Not compiled by itself: use [`recurrax.make_train_step`][], or `eqx.filter_jit` it.
+
+    **Arguments:**
+
+    - `model`: the model; its inexact arrays are the parameters.
+    - `state`: the model state, or `None`.
+    - `opt_state`: `optimizer.init(eqx.filter(model, eqx.is_inexact_array))`.
+    - `batch`: any pytree, passed to `loss_fn`.
+    - `key`: a PRNG key or `None`, passed to `loss_fn`.
+    - `optimizer`: e.g. [`recurrax.make_optimizer`][].
+    - `loss_fn`: as above.
+
+    **Returns:**
+
+    `(model, state, opt_state, metrics)`: the updated model, the state returned by
+    `loss_fn`, the updated optimiser state, and `loss_fn`'s metrics with `"loss"` and
+    `"grad_norm"` (the global norm of the gradient before clipping) added.
+    """
+    grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
+    (loss, (state, metrics)), grads = grad_fn(model, state, batch, key)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    # optax mixes Python floats with its int32 step count (e.g. Adam's b1 ** count), which
+    # strict dtype promotion rejects: the update runs under standard promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+    model = eqx.apply_updates(model, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads))
+    return model, state, opt_state, metrics
+
+
+def _donation(donate: bool) -> str:
+    if not isinstance(donate, bool):
+        raise ValueError(f"`donate` must be True or False, got donate={donate!r}.")
+    # The first argument, (batch, key), is never donated: the caller may use it again.
+    return "all-except-first" if donate else "none"
+
+
+def make_train_step(
+    optimizer: optax.GradientTransformation, loss_fn: LossFn, *, donate: bool = False
+) -> Callable:
+    r"""[`recurrax.train_step`][] compiled with `eqx.filter_jit`, for this optimiser and loss.
+
+    **Arguments:**
+
+    - `optimizer`: the optimiser.
+    - `loss_fn`: `loss_fn(model, state, batch, key) -> (loss, (state, metrics))`.
+    - `donate`: let XLA reuse the memory of the model, state and optimiser state for their
+        updated values. The arrays passed in are then deleted (on back-ends that support
+        donation): use only the returned ones, and do not share one array between the
+        model and the state. The batch and the key are never donated.
+
+    **Returns:**
+
+    `step(model, state, opt_state, batch, key) -> (model, state, opt_state, metrics)`,
+    compiled once per input structure and shapes.
+    """
+    donation = _donation(donate)
+
+    @eqx.filter_jit(donate=donation)
+    def compiled(inputs, model, state, opt_state):
+        batch, key = inputs
+        return train_step(model, state, opt_state, batch, key, optimizer=optimizer, loss_fn=loss_fn)
+
+    def step(model, state, opt_state, batch, key):
+        return compiled((batch, key), model, state, opt_state)
+
+    return step
+
+
+def eval_step(
+    model: PyTree, state: eqx.nn.State | None, batch: PyTree, *, loss_fn: LossFn
+) -> dict[str, Any]:
+    r"""The loss and metrics in inference mode: `eqx.nn.inference_mode(model)` (dropout
+    off, BatchNorm using its running statistics) and `key=None`; the state returned by
+    `loss_fn` is discarded.
+
+    **Returns:**
+
+    `loss_fn`'s metrics with `"loss"` added.
+    """
+    model = eqx.nn.inference_mode(model)
+    loss, (_, metrics) = loss_fn(model, state, batch, None)
+    return dict(metrics, loss=loss)
+
+
+def make_eval_step(loss_fn: LossFn) -> Callable:
+    """[`recurrax.eval_step`][] compiled with `eqx.filter_jit`:
+    `step(model, state, batch) -> metrics`. On sharded inputs it runs data-parallel (the
+    computation follows the data's sharding)."""
+
+    @eqx.filter_jit
+    def step(model, state, batch):
+        return eval_step(model, state, batch, loss_fn=loss_fn)
+
+    return step
+
+
+# -- data parallel ----------------------------------------------------------------------------
+
+DATA_AXIS = "data"
+
+
+def make_data_mesh(devices: Collection[jax.Device] | None = None) -> Mesh:
+    r"""A 1-D device mesh with the axis name `"data"`.
+
+    **Arguments:**
+
+    - `devices`: the devices, by default `jax.devices()` (every device of every process: in
+        a single process, the local devices).
+
+    **Returns:**
+
+    A `jax.sharding.Mesh` of shape `{"data": len(devices)}`.
+
+    **Raises:**
+
+    `ValueError` if `devices` is empty.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("make_data_mesh: `devices` must not be empty, got devices=[].")
+    return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def _data_size(owner: str, mesh: Mesh) -> int:
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"{owner}: the mesh needs an axis named {DATA_AXIS!r} (see make_data_mesh), got "
+            f"axis names {tuple(mesh.axis_names)}."
+        )
+    return int(mesh.shape[DATA_AXIS])
+
+
+def _check_batch(owner: str, batch, devices: int) -> None:
+    leaves = jax.tree_util.tree_leaves_with_path(batch)
+    for path, leaf in leaves:
+        if not eqx.is_array(leaf):
+            continue
+        where = "batch" + jax.tree_util.keystr(path)
+        if np.ndim(leaf) == 0:
+            raise ValueError(
+                f"{owner}: every array of the batch needs a leading batch axis, got a scalar "
+                f"at {where}."
+            )
+        size = np.shape(leaf)[0]
+        if size % devices:
+            raise ValueError(
+                f"{owner}: the batch size must be divisible by the number of devices on the "
+                f"'data' axis ({devices}), got batch size {size} at {where} (shape "
+                f"{tuple(np.shape(leaf))})."
+            )
+
+
+def _check_single_process(owner: str, mesh: Mesh) -> None:
+    here = jax.process_index()
+    if any(d.process_index != here for d in mesh.devices.flat):
+        raise ValueError(
+            f"{owner}: the mesh spans several processes; build global arrays from each "
+            f"process's local data with jax.make_array_from_process_local_data instead "
+            f"(docs/training.md, 'Several hosts')."
+        )
+
+
+def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
+    r"""Place a batch on the mesh, split along its leading (batch) axis over `"data"`:
+    `NamedSharding(mesh, PartitionSpec("data"))` for every array leaf.
+
+    **Arguments:**
+
+    - `batch`: a pytree of arrays whose leading axes are the batch (non-array leaves are
+        kept as they are).
+    - `mesh`: from [`recurrax.make_data_mesh`][].
+
+    **Returns:**
+
+    The batch as global `jax.Array`s, each device holding `batch_size / devices` examples.
+
+    **Raises:**
+
+    `ValueError` if an array has no leading axis or a batch size not divisible by the number
+    of devices, or if the mesh spans several processes (single process only).
+    """
+    owner = "shard_batch"
+    devices = _data_size(owner, mesh)
+    _check_single_process(owner, mesh)
+    _check_batch(owner, batch, devices)
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, batch)
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    r"""Copy every array of a pytree (a model, an optimiser state, a key) to every device of
+    the mesh: `NamedSharding(mesh, PartitionSpec())`. Non-array leaves are kept.
+
+    **Raises:**
+
+    `ValueError` if the mesh spans several processes (single process only).
+    """
+    _check_single_process("replicate", mesh)
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+
+
+def _constrain(tree, sharding):
+    return jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(x, sharding) if eqx.is_array(x) else x, tree
+    )
+
+
+def make_data_parallel_train_step(
+    optimizer: optax.GradientTransformation,
+    loss_fn: LossFn,
+    mesh: Mesh,
+    *,
+    donate: bool = False,
+) -> Callable:
+    r"""[`recurrax.train_step`][] compiled for data-parallel training on a mesh.
+
+    Inside the compiled step the batch is constrained to `PartitionSpec("data")` (split
+    along its leading axis) and the model, state, optimiser state and key to
+    `PartitionSpec()` (replicated), and so are the outputs. `loss_fn` sees the whole global
+    batch and should return its mean over the examples; XLA then computes each device's
+    share and inserts the cross-device reductions of the loss and of the gradient, so every
+    device applies the same update. No `pmap` or `shard_map` is involved, and the result is
+    that of the single-device step up to the order of floating-point sums.
+
+    Feed it the outputs of [`recurrax.shard_batch`][] and [`recurrax.replicate`][] to
+    avoid copies at every step.
+
+    **Arguments:**
+
+    - `optimizer`, `loss_fn`, `donate`: as for [`recurrax.make_train_step`][].
+    - `mesh`: a mesh with a `"data"` axis ([`recurrax.make_data_mesh`][]).
+
+    **Returns:**
+
+    `step(model, state, opt_state, batch, key) -> (model, state, opt_state, metrics)`.
+
+    **Raises:**
+
+    `ValueError` if the mesh has no `"data"` axis; when called, if the batch size is not
+    divisible by the number of devices on it.
+    """
+    owner = "make_data_parallel_train_step"
+    devices = _data_size(owner, mesh)
+    data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    donation = _donation(donate)
+
+    @eqx.filter_jit(donate=donation)
+    def compiled(inputs, model, state, opt_state):
+        batch, key = inputs
+        _check_batch("data-parallel train step", batch, devices)
+        batch = _constrain(batch, data)
+        model, state, opt_state, key = _constrain((model, state, opt_state, key), replicated)
+        out = train_step(model, state, opt_state, batch, key, optimizer=optimizer, loss_fn=loss_fn)
+        return _constrain(out, replicated)
+
+    def step(model, state, opt_state, batch, key):
+        return compiled((batch, key), model, state, opt_state)
+
+    return step
