@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.recurrax-installed
 
-.PHONY: demo test lint install clean test-lower-bounds
+.PHONY: demo test docs lint install clean test-lower-bounds
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,16 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The suite includes tests/test_docs.py, which builds the docs with `mkdocs build --strict`
+# (any warning fails) and opens built pages in headless Chromium when one is installed.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The documentation site, built strictly into site/. Read it through a local server, e.g.
+# `.venv/bin/mkdocs serve` or `.venv/bin/python -m http.server -d site`.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The suite against the oldest dependency versions pyproject.toml allows.
 test-lower-bounds:
@@ -36,4 +43,4 @@ test-lower-bounds:
 	.venv-lower/bin/python -m pytest
 
 clean:
-	rm -rf $(VENV) .venv-lower runs .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) .venv-lower runs site .pytest_cache .hypothesis .ruff_cache

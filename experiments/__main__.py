@@ -95,7 +95,9 @@ def main(argv=None) -> int:
     if args.command in ("list", "run", "report", "campaign"):
         from . import cli
 
-        return getattr(cli, args.command)(args, argv)
+        command = {"list": cli.list_command, "run": cli.run, "report": cli.report}
+        command["campaign"] = cli.campaign
+        return command[args.command](args, argv)
     if args.repeats < 1:
         print("--repeats must be at least 1", file=sys.stderr)
         return 2

@@ -20,10 +20,13 @@ CAMPAIGNS: dict[str, list[list[str]]] = {
         ["digits", "--model", "lru", "--task-set", "permuted=true", *variant]
         for variant in ([], ["--variant", "lru-no-gamma"], ["--variant", "lru-exp-no-gamma"])
     ],
-    # The adding problem at length 1000.
+    # The adding problem at length 1000: the default ring [0, 0.99] forgets within ~100
+    # steps (measured: MSE stays at the 0.167 baseline), so the eigenvalues start on the
+    # ring [0.9, 0.999] as for the LRU paper's long tasks.
     "adding": [
         ["adding", "--model", "lru", "--task-set", "length=1000", "--steps", "1500",
-         "--batch-size", "32", "--lr", "3e-3"],
+         "--batch-size", "32", "--lr", "3e-3", "--model-set",
+         'mixer_options={"r_min": 0.9, "r_max": 0.999, "max_phase": 6.283185307179586}'],
     ],
     # State tracking: trained on lengths 1-40, evaluated at 64, 128 and 256.
     "parity": [

@@ -1,5 +1,6 @@
 """The `list`, `run` and `report` commands."""
 
+import hashlib
 import json
 import pathlib
 import sys
@@ -21,7 +22,7 @@ def _options(pairs: list[str], flag: str) -> dict:
     return options
 
 
-def list(args, argv) -> int:  # noqa: A001 - the command's name
+def list_command(args, argv) -> int:
     print("tasks (kind, inputs, pooling, baseline of the small preset):")
     for name in sorted(TASKS):
         task = make_task(name)
@@ -72,6 +73,9 @@ def run(args, argv, *, skip_done: bool = False) -> int:
         return 2
     name = f"{config.task}-{config.model}" + (f"-{config.variant}" if config.variant else "")
     name += "".join(f"-{k}{json.dumps(v)}" for k, v in sorted(config.task_options.items()))
+    if args.model_set:  # model options: a short digest keeps the folder name readable
+        digest = hashlib.sha1(json.dumps(sorted(args.model_set)).encode()).hexdigest()[:6]
+        name += f"-m{digest}"
     name += f"-d{config.model_config['depth']}-s{config.seed}"
     out = pathlib.Path(args.out or pathlib.Path("runs") / name)
     if skip_done and (out / "summary.json").exists():
@@ -136,7 +140,7 @@ def campaign(args, argv) -> int:
         for command in CAMPAIGNS[name]:
             run_args = _parser().parse_args(["run", *command])
             print(f"== python -m experiments run {' '.join(command)}", flush=True)
-            code = globals()["run"](run_args, ["run", *command], skip_done=not args.force)
+            code = run(run_args, ["run", *command], skip_done=not args.force)
             status = status or code
     table = reporting.gather(sorted(p for p in pathlib.Path("runs").glob("*")
                                     if (p / "summary.json").exists()))
