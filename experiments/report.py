@@ -184,10 +184,16 @@ def gather(runs: list[pathlib.Path]) -> str:
             rows.append((pathlib.Path(run), json.loads(summary_file.read_text())))
     rows.sort(key=lambda r: (r[1]["task"], r[1]["model"], r[1]["depth"]))
     lines = [
-        "| task | model | depth | steps | test metric | ours | baseline | paper | run |",
+        "# Results of the experiment runs",
+        "",
+        "Made by `python -m experiments report` from the runs' `summary.json`; each row's last",
+        "column is the command that produced it (small presets on a 2-core CPU unless the",
+        "command says otherwise). Commentary: [Experiments](../experiments.md).",
+        "",
+        "| task | model | depth | steps | test metric | ours | baseline | paper | command |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for run, s in rows:
+    for _, s in rows:
         metric = "test_mse" if "test_mse" in s["final"] else "test_accuracy"
         value = s["final"].get(metric, float("nan"))
         shown = f"{value:.4g}" if metric == "test_mse" else f"{100 * value:.1f} %"
@@ -196,6 +202,6 @@ def gather(runs: list[pathlib.Path]) -> str:
                       else f"{base['value']:.3g}")
         lines.append(
             f"| {s['task']} | {s['model']} | {s['depth']} | {s['steps']} | {metric} | {shown} | "
-            f"{base_shown} | {s['paper'] or '–'} | `{run}` |"
+            f"{base_shown} | {s['paper'] or '–'} | `{s['environment']['command']}` |"
         )
     return "\n".join(lines) + "\n"
