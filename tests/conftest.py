@@ -16,7 +16,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # CI: few examples, no deadline, and shapes drawn from small sets (see tests/helpers.py) so
 # that JAX compiles once per shape rather than once per example.
 hypothesis.settings.register_profile(
-    "ci", max_examples=8, deadline=None, derandomize=True, print_blob=True
+    "ci", max_examples=5, deadline=None, derandomize=True, print_blob=True
 )
 hypothesis.settings.register_profile("dev", max_examples=25, deadline=None, print_blob=True)
 hypothesis.settings.load_profile(
