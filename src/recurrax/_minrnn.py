@@ -59,12 +59,6 @@ def _check_initial(owner, learn_initial_state, log_space):
         )
 
 
-def _initial(layer):
-    if layer.initial_state is not None:
-        return as_working(layer.initial_state)
-    return jnp.zeros((layer.hidden_size,), working_dtype(layer.linear_h.weight.dtype))
-
-
 def _linear(in_size, out_size, dtype, key, bias_shift=0.0):
     layer = eqx.nn.Linear(in_size, out_size, dtype=dtype, key=key)
     if bias_shift:
@@ -80,7 +74,29 @@ def _project(x, *linears):
     return jnp.split(out, len(linears), axis=-1)
 
 
-class MinGRU(AbstractRecurrentLayer):
+class _AbstractMinRNN(AbstractRecurrentLayer):
+    """What minGRU and minLSTM share: causal, `hidden_size` outputs, the initial state."""
+
+    hidden_size: eqx.AbstractVar[int]
+    initial_state: eqx.AbstractVar[Float[Array, " hidden"] | None]
+    linear_h: eqx.AbstractVar[eqx.nn.Linear]
+
+    @property
+    def bidirectional(self) -> bool:
+        return False
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
+    def init_state(self) -> Float[Array, " hidden"]:
+        """Zeros (or the learned `initial_state`), `(hidden_size,)`."""
+        if self.initial_state is not None:
+            return as_working(self.initial_state)
+        return jnp.zeros((self.hidden_size,), working_dtype(self.linear_h.weight.dtype))
+
+
+class MinGRU(_AbstractMinRNN):
     r"""minGRU (THEORY §5): gates and candidate depend on the input only, so the recurrence is
     a diagonal linear one, $a_t = 1 - z_t$, $b_t = z_t \odot \tilde h_t$:
 
@@ -161,18 +177,6 @@ class MinGRU(AbstractRecurrentLayer):
         self.candidate, self.log_space = candidate, bool(log_space)
         self.method = method
 
-    @property
-    def bidirectional(self) -> bool:
-        return False
-
-    @property
-    def output_size(self) -> int:
-        return self.hidden_size
-
-    def init_state(self) -> Float[Array, " hidden"]:
-        """Zeros (or the learned `initial_state`), `(hidden_size,)`."""
-        return _initial(self)
-
     def coefficients(self, x):
         k, pre = _project(x, self.linear_z, self.linear_h)
         if self.log_space:
@@ -184,7 +188,7 @@ class MinGRU(AbstractRecurrentLayer):
         return h
 
 
-class MinLSTM(AbstractRecurrentLayer):
+class MinLSTM(_AbstractMinRNN):
     r"""minLSTM (THEORY §5): $h_t = f'_t \odot h_{t-1} + i'_t \odot \tilde h_t$, $y_t = h_t$, with
 
     $$f_t = \sigma(\mathrm{Linear}_f(x_t)),\ i_t = \sigma(\mathrm{Linear}_i(x_t)),\
@@ -266,18 +270,6 @@ class MinLSTM(AbstractRecurrentLayer):
         self.candidate, self.log_space = candidate, bool(log_space)
         self.forget_bias = float(forget_bias)
         self.method = method
-
-    @property
-    def bidirectional(self) -> bool:
-        return False
-
-    @property
-    def output_size(self) -> int:
-        return self.hidden_size
-
-    def init_state(self) -> Float[Array, " hidden"]:
-        """Zeros (or the learned `initial_state`), `(hidden_size,)`."""
-        return _initial(self)
 
     def gates(self, x: Float[Array, "length input"]) -> tuple[Array, Array]:
         r"""The normalised gates $(f'_t, i'_t)$, `(length, hidden)` each; $f' + i' = 1$."""
