@@ -26,9 +26,12 @@ lint: $(STAMP)
 
 # The suite includes tests/test_docs.py, which builds the docs with `mkdocs build --strict`
 # (any warning fails) and opens built pages in headless Chromium when one is installed.
+# It runs on TEST_WORKERS processes (pytest-xdist; each needs up to ~6 GB of memory);
+# `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The documentation site, built strictly into site/. Read it through a local server, e.g.
 # `.venv/bin/mkdocs serve` or `.venv/bin/python -m http.server -d site`.
@@ -40,7 +43,7 @@ test-lower-bounds:
 	@test -x .venv-lower/bin/python || $(PYTHON) -m venv .venv-lower
 	.venv-lower/bin/python -m pip install --quiet -r .ci/lower-bounds.txt
 	.venv-lower/bin/python -m pip install --quiet --no-deps -e .
-	.venv-lower/bin/python -m pytest
+	.venv-lower/bin/python -m pytest -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) .venv-lower runs site .pytest_cache .hypothesis .ruff_cache

@@ -1,5 +1,5 @@
-"""Command line: `python -m experiments list`, `run TASK --model MODEL`, `report`,
-`speed {engine,lru,minrnn}`, `accuracy {engine,minrnn}`."""
+"""Command line: `python -m experiments list`, `run TASK --model MODEL`, `campaign NAME`,
+`extrapolate RUN_FOLDER`, `report`, `speed {engine,lru,minrnn}`, `accuracy {engine,minrnn}`."""
 
 import argparse
 import sys
@@ -41,10 +41,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", help="run folder (default runs/TASK-MODEL[-VARIANT]-dDEPTH-sSEED)")
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    run.add_argument(
+        "--init-from", metavar="RUN_FOLDER",
+        help="start from the last checkpoint of another run of the same model (e.g. at a "
+        "shorter length); the optimiser and schedule start afresh",
+    )
     campaign = commands.add_parser("campaign", help="run a named set of runs (see campaigns.py)")
     campaign.add_argument("name", help="a campaign name, or 'all'")
     campaign.add_argument("--force", action="store_true", help="rerun finished runs")
     campaign.add_argument("--out", help="markdown file for the table of all runs")
+    extrapolate = commands.add_parser(
+        "extrapolate", help="accuracy of a trained run at other lengths, streamed in chunks"
+    )
+    extrapolate.add_argument("run", help="a run folder (with run.json and checkpoints/)")
+    extrapolate.add_argument(
+        "--length", type=int, action="append", default=[],
+        help="a test length (repeatable; default 64, 256, 1024, 4096)",
+    )
+    extrapolate.add_argument("--examples", type=int, default=64, help="test sequences per length")
+    extrapolate.add_argument(
+        "--chunk", type=int, default=8192, help="steps read per call (memory ~ chunk)"
+    )
     report = commands.add_parser("report", help="gather run summaries into one table")
     report.add_argument("runs", nargs="*", help="run folders (default: every folder in runs/)")
     report.add_argument("--out", help="markdown file for the table")
@@ -92,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "extrapolate":
+        from . import extrapolate
+
+        return extrapolate.run(args, argv)
     if args.command in ("list", "run", "report", "campaign"):
         from . import cli
 

@@ -5,6 +5,31 @@ Every row of `docs/results/experiments.md` comes from one of these command lines
 """
 
 MODELS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm")
+ADDING_RING = 'mixer_options={"r_min": 0.99, "r_max": 0.9999, "max_phase": 0.031415926535897934}'
+
+def _adding(variant: list[str]) -> list[list[str]]:
+    """The adding problem at length 1000, pooled at the last step: the first marked value
+    must be carried up to 1000 steps by an eigenvalue with |λ| close to 1 and a phase θ with
+    θ·1000 ≪ 1, after a position-wise product of value and marker in the first block.
+
+    Measured on this CPU: trained directly at length 1000, the LRU stays on the 0.167
+    plateau (the default ring [0, 0.99] with phases in [0, 2π] for 1500 steps; [0.999,
+    0.9999] with phases in [0, π/10] (PathX's ring) or [0, π/100] for 1200 steps). At length
+    200 the ring [0.99, 0.9999] with phases in [0, π/100] solves it in 400 steps, so the
+    campaign is a length curriculum: 400 steps at length 200, then 600 steps at length 1000
+    starting from that model (`--init-from`). Each ablation variant gets the same ring and
+    curriculum: without γ normalisation the states of the slowest modes are ~70× larger.
+    """
+    from .__main__ import _parser
+    from .cli import configure
+
+    common = ["adding", "--model", "lru", *variant, "--batch-size", "32", "--lr", "3e-3",
+              "--model-set", ADDING_RING]
+    short = [*common, "--task-set", "length=200", "--steps", "400"]
+    folder = configure(_parser().parse_args(["run", *short]))[1]
+    return [short, [*common, "--task-set", "length=1000", "--steps", "600",
+                    "--init-from", str(folder)]]
+
 
 CAMPAIGNS: dict[str, list[list[str]]] = {
     # minRNN paper, selective copying: the depth trend at 1, 2 and 3 layers.
@@ -20,13 +45,11 @@ CAMPAIGNS: dict[str, list[list[str]]] = {
         ["digits", "--model", "lru", "--task-set", "permuted=true", *variant]
         for variant in ([], ["--variant", "lru-no-gamma"], ["--variant", "lru-exp-no-gamma"])
     ],
-    # The adding problem at length 1000: the default ring [0, 0.99] forgets within ~100
-    # steps (measured: MSE stays at the 0.167 baseline), so the eigenvalues start on the
-    # ring [0.9, 0.999] as for the LRU paper's long tasks.
+    # The adding problem at length 1000 (see `_adding` below), with the LRU ablation.
     "adding": [
-        ["adding", "--model", "lru", "--task-set", "length=1000", "--steps", "1500",
-         "--batch-size", "32", "--lr", "3e-3", "--model-set",
-         'mixer_options={"r_min": 0.9, "r_max": 0.999, "max_phase": 6.283185307179586}'],
+        command
+        for variant in ([], ["--variant", "lru-no-gamma"], ["--variant", "lru-exp-no-gamma"])
+        for command in _adding(variant)
     ],
     # State tracking: trained on lengths 1-40, evaluated at 64, 128 and 256.
     "parity": [
@@ -39,6 +62,39 @@ CAMPAIGNS: dict[str, list[list[str]]] = {
             ("mingru", ["--variant", "signed-mingru"]),
         )
     ],
+    # Induction heads (Mamba §4.1.2, which trains at L = 256): trained at L = 64 (the small
+    # preset) and read at 2^6 ... 2^20 by `extrapolate` (chunks of 8192 steps with carried
+    # state; EXTRAPOLATIONS below). The minimal RNNs get a causal convolution of width 4
+    # before the mixer, as in Mamba's block: with it, one layer's gate can open exactly on
+    # the token after the trigger (measured at L = 64: without it, chance after 600 steps;
+    # with it, 100 % by step 1000 at learning rate 5e-3). The LRU's GLU block has none.
+    "induction-heads": [
+        ["induction_heads", "--model", model, "--steps", "1500", "--lr", "5e-3",
+         "--eval-every", "500", *extra]
+        for model, extra in (
+            ("lru", []),
+            ("mingru", ["--model-set", "conv_kernel=4"]),
+            ("minlstm", ["--model-set", "conv_kernel=4"]),
+        )
+    ],
+    # Trained directly at L = 256 for 2500 steps (measured: both stay at chance on this
+    # budget, which is why the campaign above trains at L = 64).
+    "induction-heads-256": [
+        ["induction_heads", "--model", model, "--task-set", "length=256", "--steps", "2500",
+         "--lr", "5e-3", "--eval-every", "500", *extra]
+        for model, extra in (("lru", []), ("mingru", ["--model-set", "conv_kernel=4"]))
+    ],
     "listops": [["listops", "--model", model] for model in MODELS],
     "digits": [["digits", "--model", model] for model in MODELS],
+}
+
+# After each run of these campaigns, for each option list:
+# `python -m experiments extrapolate RUN_FOLDER OPTIONS` (rows merge into one table).
+EXTRAPOLATIONS: dict[str, list[list[str]]] = {
+    "induction-heads": [
+        ["--examples", "128", "--length", "64", "--length", "256", "--length", "1024",
+         "--length", "4096"],
+        ["--examples", "16", "--length", "16384", "--length", "65536", "--length", "262144",
+         "--length", "1048576"],  # up to 2^20
+    ],
 }

@@ -39,49 +39,70 @@ def list_command(args, argv) -> int:
     return 0
 
 
+def run_folder(config: train.RunConfig, model_set: list[str]) -> pathlib.Path:
+    """The default run folder: runs/TASK-MODEL[-VARIANT][-OPTIONvalue...][-mDIGEST]-dDEPTH-sSEED
+    (`model_set`: the raw --model-set pairs, named by a short digest)."""
+    name = f"{config.task}-{config.model}" + (f"-{config.variant}" if config.variant else "")
+    name += "".join(f"-{k}{json.dumps(v)}" for k, v in sorted(config.task_options.items()))
+    if model_set:  # model options: a short digest keeps the folder name readable
+        digest = hashlib.sha1(json.dumps(sorted(model_set)).encode()).hexdigest()[:6]
+        name += f"-m{digest}"
+    if config.init_from:
+        name += "-from-" + pathlib.Path(config.init_from).name[:40]
+    name += f"-d{config.model_config['depth']}-s{config.seed}"
+    return pathlib.Path("runs") / name
+
+
+def configure(args) -> tuple[train.RunConfig, pathlib.Path]:
+    """The run configuration and run folder of parsed `run` arguments.
+
+    **Raises:** `ValueError` naming the bad option."""
+    model_options = _options(args.model_set, "--model-set")
+    if args.depth is not None:
+        model_options["depth"] = args.depth
+    if args.d_model is not None:
+        model_options["d_model"] = args.d_model
+    if args.model not in train.MODELS:
+        raise ValueError(f"--model must be one of {train.MODELS}, got {args.model!r}.")
+    if args.variant is not None and args.variant not in variants.VARIANTS:
+        raise ValueError(
+            f"--variant must be one of {sorted(variants.VARIANTS)}, got {args.variant!r}."
+        )
+    settings = presets.run_settings(
+        args.task,
+        args.model,
+        args.preset,
+        task_options=_options(args.task_set, "--task-set"),
+        model_options=model_options,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_factor=args.lr_factor,
+        weight_decay=args.weight_decay,
+        eval_every=args.eval_every,
+        eval_size=args.eval_size,
+        checkpoint_every=args.checkpoint_every,
+    )
+    config = train.RunConfig(
+        variant=args.variant, seed=args.seed, init_from=args.init_from, **settings
+    )
+    return config, pathlib.Path(args.out or run_folder(config, args.model_set))
+
+
 def run(args, argv, *, skip_done: bool = False) -> int:
     try:
-        model_options = _options(args.model_set, "--model-set")
-        if args.depth is not None:
-            model_options["depth"] = args.depth
-        if args.d_model is not None:
-            model_options["d_model"] = args.d_model
-        if args.model not in train.MODELS:
-            raise ValueError(f"--model must be one of {train.MODELS}, got {args.model!r}.")
-        if args.variant is not None and args.variant not in variants.VARIANTS:
-            raise ValueError(
-                f"--variant must be one of {sorted(variants.VARIANTS)}, got {args.variant!r}."
-            )
-        settings = presets.run_settings(
-            args.task,
-            args.model,
-            args.preset,
-            task_options=_options(args.task_set, "--task-set"),
-            model_options=model_options,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            lr_factor=args.lr_factor,
-            weight_decay=args.weight_decay,
-            eval_every=args.eval_every,
-            eval_size=args.eval_size,
-            checkpoint_every=args.checkpoint_every,
-        )
-        config = train.RunConfig(variant=args.variant, seed=args.seed, **settings)
+        config, out = configure(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    name = f"{config.task}-{config.model}" + (f"-{config.variant}" if config.variant else "")
-    name += "".join(f"-{k}{json.dumps(v)}" for k, v in sorted(config.task_options.items()))
-    if args.model_set:  # model options: a short digest keeps the folder name readable
-        digest = hashlib.sha1(json.dumps(sorted(args.model_set)).encode()).hexdigest()[:6]
-        name += f"-m{digest}"
-    name += f"-d{config.model_config['depth']}-s{config.seed}"
-    out = pathlib.Path(args.out or pathlib.Path("runs") / name)
     if skip_done and (out / "summary.json").exists():
         print(f"already done: {out} (use --force to rerun)")
         return 0
-    task, _, model_before, _ = train.build(config)
+    try:
+        task, _, model_before, _ = train.build(config)
+    except ValueError as error:  # e.g. --init-from a run of another model
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(
         f"{config.task} ({task.kind}), model {config.model}"
         + (f" [{config.variant}]" if config.variant else "")
@@ -118,7 +139,7 @@ def _trained_model(config, out):
 
     import recurrax
 
-    _, _, skeleton, state = train.build(config)
+    _, _, skeleton, state = train.build(config, initialise=False)
     manager = recurrax.CheckpointManager(pathlib.Path(out) / "checkpoints")
     optimizer = train._optimizer(config, skeleton)
     opt_state = optimizer.init(eqx.filter(skeleton, eqx.is_inexact_array))
@@ -128,7 +149,7 @@ def _trained_model(config, out):
 
 def campaign(args, argv) -> int:
     from .__main__ import _parser
-    from .campaigns import CAMPAIGNS
+    from .campaigns import CAMPAIGNS, EXTRAPOLATIONS
 
     names = list(CAMPAIGNS) if args.name == "all" else [args.name]
     for name in names:
@@ -142,12 +163,32 @@ def campaign(args, argv) -> int:
             print(f"== python -m experiments run {' '.join(command)}", flush=True)
             code = run(run_args, ["run", *command], skip_done=not args.force)
             status = status or code
+            for options in EXTRAPOLATIONS.get(name, []) if code == 0 else []:
+                code = _extrapolate_run(configure(run_args)[1], options, force=args.force)
+                status = status or code
     table = reporting.gather(sorted(p for p in pathlib.Path("runs").glob("*")
                                     if (p / "summary.json").exists()))
     if args.out:
         pathlib.Path(args.out).write_text(table)
     print(table)
     return status
+
+
+def _extrapolate_run(out: pathlib.Path, options: list[str], *, force: bool) -> int:
+    """`python -m experiments extrapolate OUT OPTIONS...`, unless already done."""
+    from . import extrapolate
+    from .__main__ import _parser
+
+    command = ["extrapolate", str(out), *options]
+    ex_args = _parser().parse_args(command)
+    done = out / "extrapolation.json"
+    if done.exists() and not force:
+        known = {r["length"] for r in json.loads(done.read_text())["rows"]}
+        if set(ex_args.length) <= known:
+            print(f"already done: {done} (use --force to rerun)")
+            return 0
+    print(f"== python -m experiments {' '.join(command)}", flush=True)
+    return extrapolate.run(ex_args, command)
 
 
 def report(args, argv) -> int:

@@ -16,6 +16,7 @@ import recurrax
 
 from . import variants
 from ._timing import Machine
+from .tasks import make_task
 
 
 matplotlib.use("Agg")
@@ -29,6 +30,7 @@ PAPER_NUMBERS = {
     ("listops", "lru"): "60.2 % (LRA, L 500-2000, depth 6, 80k steps)",
     ("listops", "ssm"): "S4D 60.2 %, S5 58.5-62.2 % (LRA)",
     ("adding", "lru"): "solved = MSE << 0.167",
+    ("induction_heads", "lru"): "4.8 % (third-party LRU runs; Mamba: 100 % to 2^20)",
 }
 
 
@@ -182,7 +184,8 @@ def gather(runs: list[pathlib.Path]) -> str:
         summary_file = pathlib.Path(run) / "summary.json"
         if summary_file.exists():
             rows.append((pathlib.Path(run), json.loads(summary_file.read_text())))
-    rows.sort(key=lambda r: (r[1]["task"], r[1]["model"], r[1]["depth"]))
+    rows.sort(key=lambda r: (r[1]["task"], r[1]["model"], r[1]["depth"],
+                             json.dumps(r[1]["config"]["task_options"], sort_keys=True)))
     lines = [
         "# Results of the experiment runs",
         "",
@@ -190,8 +193,9 @@ def gather(runs: list[pathlib.Path]) -> str:
         "column is the command that produced it (small presets on a 2-core CPU unless the",
         "command says otherwise). Commentary: [Experiments](../experiments.md).",
         "",
-        "| task | model | depth | steps | test metric | ours | baseline | paper | command |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | options | model | depth | steps | test metric | ours | baseline | paper "
+        "| command |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, s in rows:
         metric = "test_mse" if "test_mse" in s["final"] else "test_accuracy"
@@ -200,8 +204,53 @@ def gather(runs: list[pathlib.Path]) -> str:
         base = s["baseline"]
         base_shown = (f"{100 * base['value']:.1f} %" if base["metric"] == "accuracy"
                       else f"{base['value']:.3g}")
+        options = ", ".join(f"{k}={v}" for k, v in sorted(s["config"]["task_options"].items()))
+        if s["config"].get("init_from"):
+            options += (", " if options else "") + "from " + pathlib.Path(
+                s["config"]["init_from"]).name
         lines.append(
-            f"| {s['task']} | {s['model']} | {s['depth']} | {s['steps']} | {metric} | {shown} | "
+            f"| {s['task']} | {options or '–'} | {s['model']} | {s['depth']} | {s['steps']} | "
+            f"{metric} | {shown} | "
             f"{base_shown} | {s['paper'] or '–'} | `{s['environment']['command']}` |"
         )
+    lines += _extrapolation_table([run for run, _ in rows])
     return "\n".join(lines) + "\n"
+
+
+def _extrapolation_table(runs: list[pathlib.Path]) -> list[str]:
+    """Accuracy against test length for the runs with an `extrapolation.json`."""
+    found = []
+    for run in runs:
+        path = pathlib.Path(run) / "extrapolation.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            summary = json.loads((pathlib.Path(run) / "summary.json").read_text())
+            commands = data.get("commands", [data["environment"]["command"]])
+            found.append((summary, {r["length"]: r for r in data["rows"]}, commands))
+    if not found:
+        return []
+    lengths = sorted({length for _, rows, _ in found for length in rows})
+    lines = [
+        "",
+        "## Length extrapolation",
+        "",
+        "Made by `python -m experiments extrapolate RUN_FOLDER` (chunks of 8192 steps with the",
+        "state carried); test accuracy against sequence length, with the number of test",
+        "sequences per length.",
+        "",
+        "| task | model | trained at | " + " | ".join(f"{n:,}" for n in lengths)
+        + " | examples | command |",
+        "|---|---|---|" + "---:|" * len(lengths) + "---|---|",
+    ]
+    for summary, rows, commands in found:
+        config = summary["config"]
+        task = make_task(config["task"], preset=config["preset"], **config["task_options"])
+        trained = getattr(task, "length", "–")
+        cells = [f"{100 * rows[n]['accuracy']:.1f} %" if n in rows else "–" for n in lengths]
+        examples = sorted({r["examples"] for r in rows.values()})
+        lines.append(
+            f"| {summary['task']} | {summary['model']} | {trained} | " + " | ".join(cells)
+            + f" | {', '.join(map(str, examples))} | "
+            + "; ".join(f"`{c}`" for c in commands) + " |"
+        )
+    return lines

@@ -51,13 +51,18 @@ class RunConfig:
     eval_size: int = 512
     checkpoint_every: int = 100
     seed: int = 0
+    init_from: str | None = None
+
+    # `init_from`: a run folder whose last checkpoint gives the starting parameters (and
+    # BatchNorm statistics) of the model, e.g. a run of the same model at a shorter length
+    # (a length curriculum); the optimiser, schedule and step count start afresh.
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
-        return cls(**data)
+        return cls(**{"init_from": None, **data})  # runs made before `init_from` existed
 
 
 class NonFiniteLoss(RuntimeError):
@@ -112,15 +117,40 @@ def make_loss(kind: str):
 # -- building ------------------------------------------------------------------------------
 
 
-def build(config: RunConfig):
-    """`(task, model_config, model, state)` for a run configuration."""
+def build(config: RunConfig, *, initialise: bool = True):
+    """`(task, model_config, model, state)` for a run configuration: the initial model (from
+    `config.init_from` when set), or with `initialise=False` a fresh model of the same
+    structure (a skeleton to load a checkpoint into)."""
     task = make_task(config.task, preset=config.preset, **config.task_options)
     model_config = recurrax.ModelConfig.from_dict(config.model_config)
     key = jax.random.fold_in(jax.random.key(config.seed), 0)
     model, state = model_config.build(key=key)
     if config.variant is not None:
         model = variants.apply(config.variant, model, key=jax.random.fold_in(key, 1))
+    if initialise and config.init_from is not None:
+        model, state = _initial_model(config, model, state)
     return task, model_config, model, state
+
+
+def _initial_model(config: RunConfig, model, state):
+    """The model and state of the last checkpoint of the run folder `config.init_from`, which
+    must hold the same model (configuration and variant)."""
+    source = pathlib.Path(config.init_from)
+    run_file = source / "run.json"
+    if not run_file.exists():
+        raise ValueError(f"init_from: no run.json in {source} (init_from={config.init_from!r}).")
+    other = RunConfig.from_dict(json.loads(run_file.read_text()))
+    if (other.model_config, other.variant) != (config.model_config, config.variant):
+        raise ValueError(
+            f"init_from: the run in {source} has another model (configuration or variant); "
+            f"init_from={config.init_from!r} needs the same model."
+        )
+    checkpoint = recurrax.CheckpointManager(source / "checkpoints").restore(
+        model=model, state=state
+    )
+    if checkpoint is None:
+        raise ValueError(f"init_from: no checkpoint in {source / 'checkpoints'}.")
+    return checkpoint.model, checkpoint.state
 
 
 def _batch_arrays(batch) -> tuple:
@@ -243,6 +273,7 @@ def train(
     start = 0
     if resume and manager.latest() is not None:
         saved = json.loads(run_file.read_text()) if run_file.exists() else None
+        saved = None if saved is None else RunConfig.from_dict(saved).to_dict()
         if saved is not None and saved != config.to_dict():
             differing = sorted(k for k in saved if saved.get(k) != config.to_dict().get(k))
             raise ValueError(

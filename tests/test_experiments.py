@@ -1,5 +1,9 @@
 """The experiments package: the speed and accuracy commands run and report what they claim."""
 
+import dataclasses
+
+import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -166,7 +170,7 @@ def test_run_writes_a_report_and_report_gathers(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final"]["test_accuracy"] == records[-1]["test_accuracy"]
     assert main(["report", str(out), "--out", str(tmp_path / "table.md")]) == 0
-    assert "| digits | mingru | 2 |" in (tmp_path / "table.md").read_text()
+    assert "| digits | – | mingru | 2 |" in (tmp_path / "table.md").read_text()
 
 
 def test_lru_report_plots_eigenvalues(tmp_path):
@@ -281,19 +285,106 @@ def test_resume_refuses_a_different_configuration(tmp_path):
 
 
 def test_every_campaign_command_is_valid():
-    """The command lines behind the documented results parse and configure (no training)."""
+    """The command lines behind the documented results parse and configure (no training),
+    and no two of them share a run folder."""
     from experiments.__main__ import _parser
     from experiments.campaigns import CAMPAIGNS
-    from experiments.cli import _options
+    from experiments.cli import configure
 
+    folders = []
     for commands in CAMPAIGNS.values():
         for command in commands:
-            args = _parser().parse_args(["run", *command])
-            options = _options(args.model_set, "--model-set")
-            if args.depth is not None:
-                options["depth"] = args.depth
-            settings = presets.run_settings(
-                args.task, args.model, args.preset,
-                task_options=_options(args.task_set, "--task-set"), model_options=options,
-            )
-            train.RunConfig(variant=args.variant, **settings)
+            config, out = configure(_parser().parse_args(["run", *command]))
+            assert config.task == command[0] and out.parent.name == "runs"
+            folders.append(out)
+    assert len(set(folders)) == len(folders)
+
+
+def test_every_extrapolation_parses():
+    from experiments.__main__ import _parser
+    from experiments.campaigns import CAMPAIGNS, EXTRAPOLATIONS
+
+    for name, option_lists in EXTRAPOLATIONS.items():
+        assert name in CAMPAIGNS
+        for options in option_lists:
+            args = _parser().parse_args(["extrapolate", "runs/x", *options])
+            assert args.length and args.examples > 0
+
+
+@pytest.mark.parametrize("mixer", ["mingru", "lru"])  # LayerNorm; BatchNorm with its state
+def test_extrapolate_streams_chunks_to_the_one_call_accuracy(mixer, tmp_path, capsys):
+    """`extrapolate` reads each sequence in chunks with carried state; its accuracy equals
+    the one-call evaluation at the same lengths, and its last-step logits equal the model's."""
+    from experiments import extrapolate
+
+    out = tmp_path / "run"
+    args = ["run", "induction_heads", "--model", mixer, "--steps", "3", "--eval-every", "3"]
+    assert main(args + ["--eval-size", "8", "--out", str(out)]) == 0
+    argv = ["extrapolate", str(out), "--length", "16", "--length", "37", "--examples", "12",
+            "--chunk", "5"]
+    assert main(argv) == 0
+    assert "report:" in capsys.readouterr().out
+    rows = json.loads((out / "extrapolation.json").read_text())["rows"]
+    assert [r["length"] for r in rows] == [16, 37]
+    assert "| 37 |" in (out / "extrapolation.md").read_text()
+    more = ["extrapolate", str(out), "--length", "9", "--examples", "4"]  # rows merge
+    assert main(more) == 0
+    merged = json.loads((out / "extrapolation.json").read_text())
+    assert [r["length"] for r in merged["rows"]] == [9, 16, 37]
+    assert len(merged["commands"]) == 2 and "--length 9" in merged["commands"][1]
+    rows = [r for r in merged["rows"] if r["length"] != 9]
+    assert main(["report", str(out), "--out", str(tmp_path / "table.md")]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "## Length extrapolation" in table
+    assert f"| induction_heads | {mixer} | 64 |" in table
+
+    from experiments.cli import _trained_model
+
+    config = train.RunConfig.from_dict(json.loads((out / "run.json").read_text()))
+    task, _, _, _ = train.build(config)
+    model, state = _trained_model(config, out)
+    frozen = eqx.nn.inference_mode(model)
+    for row in rows:
+        test = task.test_set(config.seed, 12, length=row["length"])
+        streamed = extrapolate.streamed_last_outputs(frozen, state, test.inputs, 5)
+        whole = np.stack([np.asarray(frozen(jnp.asarray(x), state)[0]) for x in test.inputs])
+        np.testing.assert_allclose(streamed, whole, rtol=1e-4, atol=1e-5)
+        once = train.evaluate(model, state, task, dataclasses.replace(config, eval_size=12),
+                              train.make_loss(task.kind), length=row["length"])
+        assert row["accuracy"] == pytest.approx(once["accuracy"])
+
+
+def test_extrapolate_refuses_other_tasks_and_bad_options(tmp_path, capsys):
+    assert main(["extrapolate", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    out = tmp_path / "run"
+    args = ["run", "adding", "--model", "lru", "--steps", "1", "--task-set", "length=8"]
+    assert main(args + ["--eval-size", "4", "--out", str(out)]) == 0
+    assert main(["extrapolate", str(out)]) == 2
+    assert "pooling" in capsys.readouterr().err
+    assert main(["extrapolate", str(out), "--length", "0"]) == 2
+    assert "--length" in capsys.readouterr().err
+
+
+def test_init_from_starts_where_another_run_ended(tmp_path, capsys):
+    """`--init-from` (a length curriculum): the new run's initial model is the other run's
+    last checkpoint; another model or a folder without a run is refused by name."""
+    first = tmp_path / "short"
+    base = ["run", "adding", "--model", "lru", "--eval-size", "4", "--batch-size", "4"]
+    assert main(base + ["--steps", "2", "--task-set", "length=8", "--out", str(first)]) == 0
+    second = tmp_path / "long"
+    args = base + ["--steps", "1", "--task-set", "length=16", "--init-from", str(first)]
+    assert main(args + ["--out", str(second)]) == 0
+    config = train.RunConfig.from_dict(json.loads((second / "run.json").read_text()))
+    assert config.init_from == str(first)
+    _, _, initial, _ = train.build(config)
+    assert all(np.array_equal(a, b) for a, b in zip(
+        [np.asarray(x) for x in jax_leaves(eqx.filter(initial, eqx.is_array))],
+        _final_params(first),
+    ))
+    capsys.readouterr()
+    other = base + ["--steps", "1", "--depth", "1", "--init-from", str(first)]
+    assert main(other + ["--out", str(tmp_path / "x")]) == 2
+    assert "init_from" in capsys.readouterr().err
+    assert main(base + ["--init-from", str(tmp_path / "nothing")]) == 2
+    assert "init_from" in capsys.readouterr().err
