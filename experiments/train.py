@@ -32,7 +32,11 @@ MODELS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm")
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a training run."""
+    """Everything that determines a training run.
+
+    `init_from`: a run folder whose last checkpoint gives the starting parameters (and
+    BatchNorm statistics) of the model, e.g. a run of the same model at a shorter length (a
+    length curriculum); the optimiser, schedule and step count start afresh."""
 
     task: str
     model: str
@@ -52,10 +56,6 @@ class RunConfig:
     checkpoint_every: int = 100
     seed: int = 0
     init_from: str | None = None
-
-    # `init_from`: a run folder whose last checkpoint gives the starting parameters (and
-    # BatchNorm statistics) of the model, e.g. a run of the same model at a shorter length
-    # (a length curriculum); the optimiser, schedule and step count start afresh.
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
