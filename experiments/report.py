@@ -234,9 +234,9 @@ def _extrapolation_table(runs: list[pathlib.Path]) -> list[str]:
         "",
         "## Length extrapolation",
         "",
-        "Made by `python -m experiments extrapolate RUN_FOLDER` (chunks of 8192 steps with the",
-        "state carried); test accuracy against sequence length, with the number of test",
-        "sequences per length.",
+        "Made by `python -m experiments extrapolate RUN_FOLDER` (each sequence read in chunks",
+        "with the state carried); test accuracy against sequence length, with the number of",
+        "test sequences per length.",
         "",
         "| task | model | trained at | " + " | ".join(f"{n:,}" for n in lengths)
         + " | examples | command |",
