@@ -2,7 +2,6 @@
 system, an ODE solve with the input held on each step, orders of convergence, irregular
 sampling, conjugate symmetry, and dense ↔ diagonal."""
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import jaxtyping
@@ -13,6 +12,7 @@ import scipy.optimize
 from hypothesis import given, strategies as st
 
 import recurrax
+from proofs.discretisation import held_input_solution
 
 from .helpers import relative_error, tree_allclose
 from .reference import discretise_reference, linear_system_loop
@@ -71,48 +71,11 @@ def test_zero_order_hold_is_the_augmented_matrix_exponential():
     np.testing.assert_allclose(np.asarray(scale), [0.3, 0.3], rtol=1e-12)
 
 
-def _held_input_solution(system, u, step):
-    """x(t_k) of dx/dt = Λx + B u_k on each step (input held), by diffrax (Dopri8, tight
-    tolerances), on the real and imaginary parts."""
-    lam, b = system.Lambda, system.B
-    n = lam.shape[0]
-
-    def field(t, y, u_k):
-        x = jax.lax.complex(y[:n], y[n:])
-        dx = lam * x + b @ u_k.astype(b.dtype)
-        return jnp.concatenate([jnp.real(dx), jnp.imag(dx)])
-
-    term = diffrax.ODETerm(field)
-    controller = diffrax.PIDController(rtol=1e-12, atol=1e-13)
-
-    @jax.jit
-    def run(u):
-        def one_step(y, u_k):
-            sol = diffrax.diffeqsolve(
-                term,
-                diffrax.Dopri8(),
-                t0=0.0,
-                t1=step,
-                dt0=step / 8,
-                y0=y,
-                args=u_k,
-                stepsize_controller=controller,
-                max_steps=4096,
-            )
-            y = sol.ys[-1]
-            return y, y
-
-        _, ys = jax.lax.scan(one_step, jnp.zeros(2 * n), u)
-        return jax.lax.complex(ys[:, :n], ys[:, n:])
-
-    return run(u)
-
-
 def test_zero_order_hold_is_exact_for_held_inputs():
     system = _system(n=4, h=2)
     u = jax.random.normal(jax.random.key(0), (12, 2))
     step = 0.25
-    states = _held_input_solution(system, u, step)
+    states = held_input_solution(system, u, step)  # diffrax, Dopri8, tolerances 1e-12
     discrete = system.discretise(step)
     hs = recurrax.linear_recurrence(discrete.lam, u.astype(discrete.B.dtype) @ discrete.B.T)
     assert relative_error(hs, states) < 1e-10
