@@ -36,9 +36,11 @@ class CheckResult:
     **Fields:**
 
     - `name`: the check's name (as listed by `python -m proofs --list`).
-    - `family`: `"stability"`, `"eigenvalues"`, `"normalisation"` or `"equivalences"`.
+    - `family`: the proofs module that declares the check (`"parameterisation"`,
+      `"stability"`, `"eigenvalues"`, `"normalisation"`, `"discretisation"` or
+      `"equivalences"`).
     - `claim`: the mathematical claim, in words.
-    - `source`: where it is stated (paper and section, THEORY section).
+    - `source`: where it is stated (paper and section).
     - `statistic_name`, `statistic`: what was measured and its value.
     - `threshold`, `comparison`: the claim holds when `statistic <comparison> threshold`.
     - `passed`: whether it held.

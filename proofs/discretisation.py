@@ -1,6 +1,6 @@
 r"""Equivalences of systems: zero-order hold is exact for held inputs (against a diffrax ODE
 solve), the orders of bilinear and Euler, SSM → LRU, and dense → complex diagonal (LRU paper
-§3.2, §4; THEORY §2)."""
+§3.2, §4)."""
 
 from collections.abc import Callable
 
@@ -12,7 +12,8 @@ import numpy as np
 
 import recurrax
 
-from ._result import CheckResult
+from . import _subjects
+from ._result import Check, CheckResult
 from ._util import (
     as_sequence,
     default_float,
@@ -26,7 +27,7 @@ from ._util import (
 )
 
 
-FAMILY = "equivalences"
+FAMILY = "discretisation"
 
 
 @eqx.filter_jit
@@ -111,7 +112,7 @@ def exact_held_states(system, u, step) -> np.ndarray:
 
 # -- zero-order hold is exact --------------------------------------------------------------
 
-ZOH_SOURCE = "LRU paper §4 (S4/S5 discretisation) / THEORY §2"
+ZOH_SOURCE = "LRU paper §4 (S4/S5 discretisation)"
 ZOH_CLAIM = (
     "Zero-order hold is exact for an input held constant on each step: its states equal an "
     "ODE solve of dx/dt = Lambda x + B u_k over each step."
@@ -189,7 +190,7 @@ def check_held_input_exact(
 
 # -- orders of convergence ------------------------------------------------------------------
 
-ORDER_SOURCE = "THEORY §2 (table of discretisations)"
+ORDER_SOURCE = "numerical analysis of one-step methods (S4/S5 discretisations)"
 ORDER_CLAIM = (
     "{what} converges with order {order} to the exact solution for inputs held on each step "
     "(the ZOH reference): the error of the final state scales like step^{order}."
@@ -258,7 +259,7 @@ def check_convergence_order(
 
 # -- SSM → LRU ------------------------------------------------------------------------------
 
-SSM_LRU_SOURCE = "LRU paper §4 / THEORY §2 (SSM -> LRU)"
+SSM_LRU_SOURCE = "LRU paper §4 (SSM -> LRU)"
 SSM_LRU_CLAIM = (
     "A discretised diagonal SSM is an LRU: nu = -log|lambda_bar|, theta = arg lambda_bar, "
     "B = diag(gamma)^-1 B_bar, same C and D, give identical outputs (per-state steps, or a "
@@ -300,7 +301,7 @@ def check_ssm_to_lru(
 
 # -- dense → diagonal -------------------------------------------------------------------------
 
-DENSE_SOURCE = "LRU paper §3.2 (diagonalisation) / THEORY §2"
+DENSE_SOURCE = "LRU paper §3.2 (diagonalisation)"
 DENSE_CLAIM = (
     "A dense linear RNN x_k = A x_{k-1} + B u_k, y = Cx + Du with A = V diag(lambda) V^-1 is "
     "exactly the complex diagonal recurrence with B~ = V^-1 B, C~ = C V; for a real A the "
@@ -354,3 +355,43 @@ def check_dense_diagonalisation(
         comparison="<=",
         details=details,
     )
+
+
+# -- the command line's checks ---------------------------------------------------------------
+
+
+def _order(name, discretisation, order):
+    def run(quick, seed):
+        counts = (40, 80, 160) if quick else (40, 80, 160, 320, 640)
+        return check_convergence_order(discretisation, order, counts=counts, seed=seed, name=name)
+
+    claim = ORDER_CLAIM.format(what=type(discretisation).__name__, order=order)
+    return Check(name, FAMILY, claim, ORDER_SOURCE, run)
+
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "zoh_exact",
+        FAMILY,
+        ZOH_CLAIM,
+        ZOH_SOURCE,
+        lambda quick, seed: check_held_input_exact(seed=seed),
+    ),
+    _order("order_bilinear", recurrax.Bilinear(), 2),
+    _order("order_forward_euler", recurrax.ForwardEuler(), 1),
+    _order("order_backward_euler", recurrax.BackwardEuler(), 1),
+    Check(
+        "ssm_to_lru",
+        FAMILY,
+        SSM_LRU_CLAIM,
+        SSM_LRU_SOURCE,
+        lambda quick, seed: check_ssm_to_lru(_subjects.ssms(seed, quick), seed=seed),
+    ),
+    Check(
+        "dense_to_diagonal",
+        FAMILY,
+        DENSE_CLAIM,
+        DENSE_SOURCE,
+        lambda quick, seed: check_dense_diagonalisation(seed=seed),
+    ),
+)

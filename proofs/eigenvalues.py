@@ -1,6 +1,6 @@
 r"""Eigenvalue distributions: the LRU's ring initialisation (Lemma 2), the circular law of
 Glorot-initialised dense matrices, and the S4D-Lin, S4D-Inv and HiPPO-LegS sets (LRU paper
-§3.2-§3.3, THEORY §2-§3)."""
+§3.2-§3.3)."""
 
 import functools
 import math
@@ -12,7 +12,7 @@ from scipy import stats
 
 import recurrax
 
-from ._result import CheckResult
+from ._result import Check, CheckResult
 from ._util import default_float, draw_unit_circle, ecdf, new_figure
 
 
@@ -22,7 +22,7 @@ DEFAULT_RINGS = ((0.0, 1.0, 2 * math.pi), (0.9, 0.999, 2 * math.pi), (0.999, 0.9
 
 # -- ring initialisation ----------------------------------------------------------------------
 
-RING_SOURCE = "LRU paper §3.3 (ring initialisation, Lemma 2) / THEORY §3"
+RING_SOURCE = "LRU paper §3.3 (ring initialisation, Lemma 2)"
 RING_CLAIM = (
     "Ring initialisation (Lemma 2): |lambda|^2 is uniform on [r_min^2, r_max^2] (uniform over "
     "the annulus' area) and the phase is uniform on [0, max_phase]."
@@ -117,7 +117,7 @@ def _ring_figure(samples):
 
 # -- the circular law -------------------------------------------------------------------------
 
-CIRCULAR_SOURCE = "LRU paper §3.2 (Glorot initialisation, circular law) / THEORY §2"
+CIRCULAR_SOURCE = "LRU paper §3.2 (Glorot initialisation, circular law)"
 CIRCULAR_CLAIM = (
     "Glorot-initialised dense matrices (A_ij ~ N(0, 1/N)) have eigenvalues approaching the "
     "uniform distribution on the unit disk as N grows (strong circular law): the KS distance "
@@ -233,7 +233,7 @@ def hippo_legs_spectrum(state_size: int, conjugate_symmetric: bool) -> np.ndarra
     return lam[lam.imag > 0] if conjugate_symmetric else lam
 
 
-INIT_SOURCE = "S4D / S5 papers via THEORY §2 (initialisations in use)"
+INIT_SOURCE = "S4D and S5 papers (initialisations)"
 INIT_CLAIMS = {
     "s4d_lin": "S4D-Lin eigenvalues are -1/2 + i pi n.",
     "s4d_inv": "S4D-Inv eigenvalues are -1/2 + i (N/pi) (N/(2n+1) - 1).",
@@ -310,3 +310,39 @@ def check_ssm_init(
         details={"initialisation": type(init).__name__, "cases": per_case},
         figures=figures,
     )
+
+
+# -- the command line's checks ---------------------------------------------------------------
+
+
+def _ssm_init(name, init, formula):
+    def run(quick, seed):
+        sizes = (1, 8, 32) if quick else (1, 8, 64, 256)
+        return check_ssm_init(init, formula, claim=INIT_CLAIMS[name], sizes=sizes, name=name)
+
+    return Check(name, FAMILY, INIT_CLAIMS[name], INIT_SOURCE, run)
+
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "ring_init",
+        FAMILY,
+        RING_CLAIM,
+        RING_SOURCE,
+        lambda quick, seed: check_ring_init(state_size=1024 if quick else 4096, seed=seed),
+    ),
+    Check(
+        "circular_law",
+        FAMILY,
+        CIRCULAR_CLAIM,
+        CIRCULAR_SOURCE,
+        lambda quick, seed: check_circular_law(
+            sizes=(16, 32, 64, 128) if quick else (16, 64, 256, 1024),
+            eigenvalues_per_size=1024 if quick else 2048,
+            seed=seed,
+        ),
+    ),
+    _ssm_init("s4d_lin", recurrax.S4DLin(), s4d_lin_formula),
+    _ssm_init("s4d_inv", recurrax.S4DInv(), s4d_inv_formula),
+    _ssm_init("hippo_legs", recurrax.HiPPOLegS(), hippo_legs_spectrum),
+)

@@ -1,6 +1,6 @@
 r"""Equivalences of evaluations: scan = convolution, parallel = sequential = step, log space =
 linear space, minLSTM's normalised gates, and streaming in pieces = one call (LRU paper §3,
-minRNN paper §2-§3; THEORY §1, §5, §8)."""
+minRNN paper §2-§3)."""
 
 from collections.abc import Callable
 
@@ -11,7 +11,8 @@ import numpy as np
 
 import recurrax
 
-from ._result import CheckResult
+from . import _subjects
+from ._result import Check, CheckResult
 from ._util import (
     as_sequence,
     label,
@@ -63,7 +64,7 @@ def _tolerances(subjects, tolerance):
 
 # -- scan = convolution -----------------------------------------------------------------------
 
-CONV_SOURCE = "LRU paper §3 (linear recurrence as convolution) / THEORY §2"
+CONV_SOURCE = "LRU paper §3 (linear recurrence as convolution)"
 CONV_CLAIM = (
     "A time-invariant layer from a zero state is the causal convolution y_k = sum_j K_j "
     "u_{k-j} + D u_k with K_j = Re(C diag(lambda^j) B_bar): the scan equals the FFT "
@@ -104,7 +105,7 @@ def check_scan_equals_convolution(
 
 # -- parallel = sequential = step --------------------------------------------------------------
 
-PARALLEL_SOURCE = "THEORY §1 (associative scan), minRNN paper §3 (parallel and sequential modes)"
+PARALLEL_SOURCE = "Blelloch (associative scan), minRNN paper §3 (parallel and sequential modes)"
 PARALLEL_CLAIM = (
     "All evaluation modes agree: a python loop of layer.step, the sequential scan, the "
     "associative (parallel) scan and the chunked scan give the same states and outputs, "
@@ -167,7 +168,7 @@ def check_parallel_sequential_step(
 
 # -- log space = linear space --------------------------------------------------------------
 
-LOG_SOURCE = "minRNN paper §3 (log-space implementation) / THEORY §1, §5"
+LOG_SOURCE = "minRNN paper §3 (log-space implementation)"
 LOG_CLAIM = (
     "minGRU/minLSTM in log space (log-space scan of log a, log b with log g) compute the same "
     "h as in linear space with the same parameters, from a zero and a positive state."
@@ -239,7 +240,7 @@ def check_log_space(
 
 # -- minLSTM normalisation ---------------------------------------------------------------------
 
-MINLSTM_SOURCE = "minRNN paper §2.2 (minLSTM, time-independent scale) / THEORY §5"
+MINLSTM_SOURCE = "minRNN paper §2.2 (minLSTM, time-independent scale)"
 MINLSTM_CLAIM = (
     "minLSTM normalises its gates, f' + i' = 1, so h_t is a convex combination of h_0 and the "
     "candidates: it stays within their range whatever the length (time-independent output "
@@ -355,7 +356,7 @@ def _minlstm_figure(curves):
 
 # -- streaming ---------------------------------------------------------------------------------
 
-STREAM_SOURCE = "THEORY §1 (chunking), §8 (carried state in minLSTM)"
+STREAM_SOURCE = "chunked evaluation of a linear recurrence (carried state)"
 STREAM_CLAIM = (
     "Streaming is exact: running a sequence in pieces with the carried state, or one step "
     "at a time, gives the one-call outputs (layers and whole models, convolution histories "
@@ -423,3 +424,78 @@ def check_streaming(
         tolerances=_tolerances(subjects, tolerance),
         details={"length": length, "pieces": list(pieces), "relative error": per_subject},
     )
+
+
+# -- the command line's checks ---------------------------------------------------------------
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "scan_equals_convolution",
+        FAMILY,
+        CONV_CLAIM,
+        CONV_SOURCE,
+        lambda quick, seed: check_scan_equals_convolution(
+            _subjects.lrus(seed)[1:] + _subjects.ssms(seed, True)[1:]
+            if quick
+            else _subjects.lrus(seed) + _subjects.ssms(seed, False),
+            seed=seed,
+        ),
+    ),
+    Check(
+        "parallel_sequential_step",
+        FAMILY,
+        PARALLEL_CLAIM,
+        PARALLEL_SOURCE,
+        lambda quick, seed: check_parallel_sequential_step(
+            _subjects.recurrent_layers(seed, quick),
+            methods=DEFAULT_METHODS[:2] if quick else DEFAULT_METHODS,
+            seed=seed,
+        ),
+    ),
+    Check(
+        "log_space_equals_linear",
+        FAMILY,
+        LOG_CLAIM,
+        LOG_SOURCE,
+        lambda quick, seed: check_log_space(
+            [
+                recurrax.MinGRU(3, 6, key=_subjects.key(seed, 40)),
+                recurrax.MinLSTM(3, 6, key=_subjects.key(seed, 41)),
+            ],
+            length=200 if quick else 2000,
+            seed=seed,
+        ),
+    ),
+    Check(
+        "minlstm_normalisation",
+        FAMILY,
+        MINLSTM_CLAIM,
+        MINLSTM_SOURCE,
+        lambda quick, seed: check_minlstm_normalisation(
+            length=1000 if quick else 10_000, seed=seed
+        ),
+    ),
+    Check(
+        "streaming",
+        FAMILY,
+        STREAM_CLAIM,
+        STREAM_SOURCE,
+        lambda quick, seed: check_streaming(
+            [
+                recurrax.MinLSTM(3, 6, log_space=True, key=_subjects.key(seed, 50)),
+                _subjects.lru_model(seed, dtype="float64"),
+            ]
+            + (
+                []
+                if quick
+                else [
+                    recurrax.DiagonalSSM(3, 8, delta="per_feature", key=_subjects.key(seed, 51)),
+                    _subjects.minlstm_model(seed),
+                ]
+            ),
+            pieces=(16,) if quick else (1, 7, 16),
+            length=32 if quick else 64,
+            seed=seed,
+        ),
+    ),
+)

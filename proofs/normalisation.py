@@ -1,5 +1,5 @@
 r"""Normalisation and signal propagation: Prop. 3's expected state norm, the γ-normalised state
-variance, and the forward variance through a deep stack (LRU paper §3.4, THEORY §3-§4)."""
+variance, and the forward variance through a deep stack (LRU paper §3.4)."""
 
 import math
 from collections.abc import Callable
@@ -11,12 +11,12 @@ import numpy as np
 
 import recurrax
 
-from ._result import CheckResult
+from ._result import Check, CheckResult
 from ._util import default_float, new_figure
 
 
 FAMILY = "normalisation"
-SOURCE = "LRU paper §3.4 (normalisation, Prop. 3) / THEORY §3, §4"
+SOURCE = "LRU paper §3.4 (normalisation, Prop. 3)"
 
 
 def normalised_lru(input_size: int, state_size: int) -> Callable:
@@ -378,3 +378,38 @@ def check_deep_stack_variance(
         details=details,
         figures=figures,
     )
+
+
+# -- the command line's checks ---------------------------------------------------------------
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "prop3_state_norm",
+        FAMILY,
+        PROP3_CLAIM,
+        SOURCE,
+        lambda quick, seed: check_prop3(
+            rings=((0.0, 0.9), (0.0, 0.99)) if quick else ((0.0, 0.9), (0.0, 0.99), (0.9, 0.999)),
+            batch=2 if quick else 4,
+            seed=seed,
+        ),
+    ),
+    Check(
+        "normalised_state_variance",
+        FAMILY,
+        VARIANCE_CLAIM,
+        SOURCE,
+        lambda quick, seed: check_normalised_variance(
+            state_size=128 if quick else 256, batch=16, seed=seed
+        ),
+    ),
+    Check(
+        "deep_stack_variance",
+        FAMILY,
+        STACK_CLAIM,
+        SOURCE,
+        lambda quick, seed: check_deep_stack_variance(
+            depth=6 if quick else 16, length=512 if quick else 2048, seed=seed
+        ),
+    ),
+)

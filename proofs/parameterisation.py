@@ -1,6 +1,6 @@
 r"""Parameterisations of the eigenvalues: the stable exponential stays in the unit disk, its
-floating-point edge, and the plain exponential and Re + Im leaving the disk (LRU paper §3.3,
-THEORY §3–§4)."""
+floating-point edge, and the plain exponential and Re + Im leaving the disk (LRU paper
+§3.3 and its ablations)."""
 
 import dataclasses
 import math
@@ -14,12 +14,12 @@ import optax
 
 import recurrax
 
-from ._result import CheckResult
+from ._result import Check, CheckResult
 from ._util import default_float, new_figure, require_x64
 
 
-FAMILY = "stability"
-SOURCE_PARAM = "LRU paper §3.3 (stable exponential parameterisation) / THEORY §3, §4"
+FAMILY = "parameterisation"
+SOURCE_PARAM = "LRU paper §3.3 (stable exponential parameterisation)"
 _SWEEP = 1200  # points of the margin-against-nu_log curves drawn in the figures
 _NO_PHASE = -1e4  # theta_log giving theta = 0 exactly: cos and sin add no rounding
 
@@ -214,7 +214,7 @@ def _unit_disk_figure(sweep, curves):
 
 # -- where floating point rounds |λ| to 1 ---------------------------------------------------
 
-EDGE_SOURCE = "THEORY §3 (floating-point edge of the stable exponential)"
+EDGE_SOURCE = "IEEE 754 rounding of exp(-exp(nu_log)) (floating-point edge)"
 EDGE_CLAIM = (
     "In floating point exp(-exp(nu_log)) rounds to exactly 1 once nu_log falls below about "
     "-17 in float32 and -37.6 in float64 (the state would then never decay)."
@@ -309,7 +309,7 @@ def _edge_figure(parameterisation, per_dtype):
 
 # -- the other parameterisations leave the disk --------------------------------------------
 
-LEAVES_SOURCE = "LRU paper §3.3 and its ablations (exponential, Re + Im) / THEORY §4"
+LEAVES_SOURCE = "LRU paper §3.3 and its ablations (exponential, Re + Im)"
 LEAVES_CLAIM = (
     "Unlike the stable exponential, the {what} parameterisation can leave the unit disk: "
     "one optimiser step from an in-disk ring initialisation, or a small perturbation of "
@@ -404,3 +404,37 @@ def check_leaves_disk(
         details=details,
         figures=figures,
     )
+
+
+# -- the command line's checks ---------------------------------------------------------------
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "unit_disk",
+        FAMILY,
+        UNIT_DISK_CLAIM,
+        SOURCE_PARAM,
+        lambda quick, seed: check_unit_disk(
+            grid=(201, 11) if quick else (1001, 21), samples=2000 if quick else 20_000, seed=seed
+        ),
+    ),
+    Check(
+        "rounding_edge", FAMILY, EDGE_CLAIM, EDGE_SOURCE, lambda quick, seed: check_rounding_edge()
+    ),
+    Check(
+        "leaves_disk_exponential",
+        FAMILY,
+        LEAVES_CLAIM.format(what=PLAIN_EXPONENTIAL.name),
+        LEAVES_SOURCE,
+        lambda quick, seed: check_leaves_disk(
+            PLAIN_EXPONENTIAL, seed=seed, name="leaves_disk_exponential"
+        ),
+    ),
+    Check(
+        "leaves_disk_re_im",
+        FAMILY,
+        LEAVES_CLAIM.format(what=REAL_IMAGINARY.name),
+        LEAVES_SOURCE,
+        lambda quick, seed: check_leaves_disk(REAL_IMAGINARY, seed=seed, name="leaves_disk_re_im"),
+    ),
+)

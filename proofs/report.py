@@ -19,10 +19,12 @@ from ._result import CheckResult
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAMILY_TITLES = {
-    "stability": "Stability",
+    "parameterisation": "Parameterisation: the unit disk and its floating-point edge",
+    "stability": "Stability of layers and models",
     "eigenvalues": "Eigenvalue distributions",
     "normalisation": "Normalisation and signal propagation",
-    "equivalences": "Equivalences",
+    "discretisation": "Discretisations and conversions",
+    "equivalences": "Equivalences of evaluation modes",
 }
 
 
@@ -239,7 +241,7 @@ python -m proofs --docs
 ```
 
 `python -m proofs` turns the mathematical claims of the two source papers (the LRU paper,
-Orvieto et al. 2023, and the minRNN paper, Feng et al. 2024; restated in `THEORY.md`) into
+Orvieto et al. 2023, and the minRNN paper, Feng et al. 2024) into
 measured checks. Each check computes a statistic, compares it with a threshold and says PASS
 or FAIL; the command prints a table, writes a report with figures (`--out`, default
 `runs/proofs`) and exits non-zero if any check fails.
@@ -272,26 +274,30 @@ variant fails it (a sign-flipped bilinear discretisation, an unnormalised LRU, `
 applied to a carried minLSTM state, an off-by-one convolution kernel, ...), and hypothesis
 tests run the checks over random parameters and shapes.
 
-The four families:
+The six families, one per module of the `proofs` package (each module declares its own
+checks):
 
-- **Stability.** The stable exponential parameterisation keeps every eigenvalue strictly
-  inside the unit disk for every parameter value, where the plain exponential and the
-  real-and-imaginary parameterisation leave it after one optimiser step. Floating point adds
-  an edge below which $\\exp(-e^{\\nu_{\\log}})$ rounds to exactly 1 (measured here in float32
-  and float64), which the LRU's floor (`recurrax.stability_floor`) removes; the
-  bounded-input bounded-state (BIBO) bound holds; and a model's recurrent layers are stable
-  at initialisation and after training.
-- **Eigenvalue distributions.** The ring initialisation is area-uniform on its annulus with
-  uniform phase (Kolmogorov-Smirnov tests), Glorot matrices approach the circular law as they
-  grow, and the S4D-Lin, S4D-Inv and HiPPO-LegS sets follow their defining formulas.
-- **Normalisation and signal propagation.** Prop. 3's expected state norm matches Monte Carlo
-  for the unnormalised LRU; the $\\gamma$-normalised state has the input's variance at every
-  $r_{\\max}$, and a deep stack of normalised layers keeps the forward variance $O(1)$ where
-  the unnormalised one explodes: this is why the LRU normalises.
-- **Equivalences.** The same computation done different ways agrees: zero-order hold against
-  a diffrax ODE solve, the orders of the bilinear and Euler discretisations, the scan against
-  the FFT convolution, an SSM against its LRU form, a dense RNN against its complex
-  diagonalisation, parallel against sequential against step-by-step evaluation, log space
+- **Parameterisation** (`proofs.parameterisation`). The stable exponential parameterisation
+  keeps every eigenvalue strictly inside the unit disk for every parameter value, where the
+  plain exponential and the real-and-imaginary parameterisation leave it after one optimiser
+  step. Floating point adds an edge below which $\\exp(-e^{\\nu_{\\log}})$ rounds to exactly
+  1 (measured here in float32 and float64), which the LRU's floor
+  (`recurrax.stability_floor`) removes.
+- **Stability** (`proofs.stability`). The bounded-input bounded-state (BIBO) bound holds, and
+  a model's recurrent layers are stable at initialisation and after training.
+- **Eigenvalue distributions** (`proofs.eigenvalues`). The ring initialisation is
+  area-uniform on its annulus with uniform phase (Kolmogorov-Smirnov tests), Glorot matrices
+  approach the circular law as they grow, and the S4D-Lin, S4D-Inv and HiPPO-LegS sets follow
+  their defining formulas.
+- **Normalisation and signal propagation** (`proofs.normalisation`). Prop. 3's expected state
+  norm matches Monte Carlo for the unnormalised LRU; the $\\gamma$-normalised state has the
+  input's variance at every $r_{\\max}$, and a deep stack of normalised layers keeps the
+  forward variance $O(1)$ where the unnormalised one explodes: this is why the LRU normalises.
+- **Discretisations and conversions** (`proofs.discretisation`). Zero-order hold against a
+  diffrax ODE solve, the orders of the bilinear and Euler discretisations, an SSM against its
+  LRU form, and a dense RNN against its complex diagonalisation.
+- **Equivalences of evaluation modes** (`proofs.equivalences`). The scan against the FFT
+  convolution, parallel against sequential against step-by-step evaluation, log space
   against linear space, minLSTM's normalised gates, and streaming in pieces against one call.
 """
 

@@ -1,6 +1,7 @@
-r"""Stability of whole layers and models: the BIBO bound of THEORY §4, and the spectral radius
+r"""Stability of whole layers and models: the BIBO bound, and the spectral radius
 and stability margin of every recurrent layer inside any model (LRU paper §3.3)."""
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -11,13 +12,14 @@ import numpy as np
 
 import recurrax
 
-from ._result import CheckResult
+from . import _subjects
+from ._result import Check, CheckResult
 from ._util import default_float, draw_unit_circle, new_figure, random_state
 from .parameterisation import rounding_edge_prediction
 
 
 FAMILY = "stability"
-SOURCE_BIBO = "THEORY §4 (BIBO bound)"
+SOURCE_BIBO = "triangle inequality on the LRU recurrence (BIBO bound)"
 
 
 # -- BIBO bound -----------------------------------------------------------------------------
@@ -161,7 +163,7 @@ _LAYERS = (
     recurrax.DenseLinearSystem,
 )
 
-MODEL_SOURCE = "LRU paper §3.3 (stable exponential parameterisation) / THEORY §3, §4"
+MODEL_SOURCE = "LRU paper §3.3 (stable exponential parameterisation)"
 MODEL_CLAIM = (
     "Every time-invariant recurrent layer of the model is stable: spectral radius "
     "max |lambda| < 1 (for the LRU also in floating point, at initialisation and after "
@@ -309,3 +311,35 @@ def train_briefly(model, *, steps=30, length=128, batch=8, learning_rate=1e-2, s
         "loss at the last step": losses[-1] if losses else math.nan,
     }
     return model, details
+
+
+# -- the command line's checks ---------------------------------------------------------------
+
+
+def _model_trained(quick, seed):
+    model = _subjects.lru_model(seed)
+    steps = 10 if quick else 100
+    model, details = train_briefly(model, steps=steps, length=64 if quick else 256, seed=seed)
+    result = check_stability(model, name="model_stability_trained")
+    return dataclasses.replace(result, details={**details, **result.details})
+
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "bibo_bound",
+        FAMILY,
+        BIBO_CLAIM,
+        SOURCE_BIBO,
+        lambda quick, seed: check_bibo(length=400 if quick else 4000, seed=seed),
+    ),
+    Check(
+        "model_stability_init",
+        FAMILY,
+        MODEL_CLAIM,
+        MODEL_SOURCE,
+        lambda quick, seed: check_stability(
+            (_subjects.lru_model(seed), _subjects.ssm_model(seed)), name="model_stability_init"
+        ),
+    ),
+    Check("model_stability_trained", FAMILY, MODEL_CLAIM, MODEL_SOURCE, _model_trained),
+)
