@@ -312,7 +312,7 @@ def warmup_cosine_schedule(
     warmup_fraction: float = 0.1,
     floor: float = 1e-7,
 ) -> optax.Schedule:
-    r"""The LRU paper's schedule (App. D.2, THEORY §3): a linear warm-up from `floor` to
+    r"""The LRU paper's schedule (App. D.2): a linear warm-up from `floor` to
     `peak_value` over the first $W = \operatorname{round}(\text{warmup\_fraction} \cdot T)$
     steps, then a cosine decay to `floor` at step $T$ = `total_steps`, and `floor` after:
 
@@ -350,16 +350,18 @@ def warmup_cosine_schedule(
     low = _check(owner, "floor", floor, lambda v: 0 <= v <= peak, f"in [0, peak_value={peak!r}]")
     total = int(total_steps)
     warmup = int(round(fraction * total))
-    decay = total - warmup
-
-    def schedule(step):
-        t = jnp.asarray(step, dtype=jnp.result_type(float))
-        warming = low + (peak - low) * t / max(warmup, 1)
-        progress = jnp.clip((t - warmup) / max(decay, 1), 0.0, 1.0)
-        cooling = low + 0.5 * (peak - low) * (1.0 + jnp.cos(jnp.pi * progress))
-        return jnp.where(t < warmup, warming, cooling)
-
-    return schedule
+    # optax's schedule counts the warm-up inside `decay_steps`; a warm-up over every step
+    # (no decay left) decays in one step, to `floor` at T + 1, as the formula above says.
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=low,
+        peak_value=peak,
+        warmup_steps=warmup,
+        decay_steps=max(total, warmup + 1),
+        end_value=low,
+    )
+    # The step as a float: optax mixes it with Python floats, which strict dtype promotion
+    # refuses for an integer step count.
+    return lambda step: schedule(jnp.asarray(step, dtype=jnp.result_type(float)))
 
 
 # -- train and eval steps ---------------------------------------------------------------------
