@@ -23,8 +23,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
 import recurrax
-from recurrax._layer import complex_projection, real_readout
-from recurrax._lti import mimo_kernel
+from recurrax import complex_projection, mimo_kernel, real_readout
 
 
 class LRUVariant(recurrax.AbstractLTILayer):

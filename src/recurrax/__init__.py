@@ -32,9 +32,13 @@ from ._init import (
     S4DInv as S4DInv,
     S4DLin as S4DLin,
 )
-from ._layer import AbstractRecurrentLayer as AbstractRecurrentLayer
+from ._layer import (
+    AbstractRecurrentLayer as AbstractRecurrentLayer,
+    complex_projection as complex_projection,
+    real_readout as real_readout,
+)
 from ._lru import LRU as LRU, stability_floor as stability_floor
-from ._lti import AbstractLTILayer as AbstractLTILayer
+from ._lti import AbstractLTILayer as AbstractLTILayer, mimo_kernel as mimo_kernel
 from ._minrnn import g as g, log_g as log_g, MinGRU as MinGRU, MinLSTM as MinLSTM
 from ._mixer import AbstractMixer as AbstractMixer, Bidirectional as Bidirectional
 from ._model import ModelConfig as ModelConfig, SequenceModel as SequenceModel

@@ -13,7 +13,7 @@ from jaxtyping import Array, Complex, Float, PRNGKeyArray
 from ._dtypes import default_float
 
 
-def _check_ring(r_min, r_max, max_phase):
+def check_ring_arguments(r_min, r_max, max_phase):
     if not (0.0 <= r_min < r_max <= 1.0):
         raise ValueError(
             f"the ring needs 0 <= r_min < r_max <= 1, got r_min={r_min!r}, r_max={r_max!r}."
@@ -63,7 +63,7 @@ def ring_init(
     """
     if not (isinstance(state_size, int) and state_size > 0):
         raise ValueError(f"`state_size` must be a positive integer, got state_size={state_size!r}.")
-    _check_ring(r_min, r_max, max_phase)
+    check_ring_arguments(r_min, r_max, max_phase)
     dtype = default_float(dtype)
     k1, k2 = jax.random.split(key)
     u1 = _open_uniform(k1, (state_size,), dtype)

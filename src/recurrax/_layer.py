@@ -282,8 +282,32 @@ def complex_projection(
     x: Float[Array, "length input"],
 ) -> Shaped[Array, "length state"]:
     r"""$W x_t$ for a complex $W = W_{re} + i W_{im}$ and a real $x$, as one real matmul
-    $[W_{re}; W_{im}]\, x_t$ (half the work of promoting $x$ to complex). A float16/bfloat16
-    product is returned in the float32-based complex dtype."""
+    $[W_{re}; W_{im}]\, x_t$ (half the work of promoting $x$ to complex).
+
+    The input projection of a complex diagonal layer: a new layer's `coefficients` can build
+    its $b_t$ with it (as [`recurrax.LRU`][] and [`recurrax.DiagonalSSM`][] do).
+
+    **Arguments:**
+
+    - `weight_re`, `weight_im`: the real and imaginary parts of $W$, `(state, input)`.
+    - `x`: the real inputs, `(length, input)`.
+
+    **Returns:**
+
+    The complex products $W x_t$, `(length, state)`. A float16/bfloat16 product is returned in
+    the float32-based complex dtype (the recurrence is accumulated in float32).
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        w_re, w_im = jnp.eye(2), jnp.ones((2, 2))
+        x = jnp.array([[1.0, 2.0]])
+        print(recurrax.complex_projection(w_re, w_im, x))  # [[1.+3.j 2.+3.j]]
+        ```
+    """
     n = weight_re.shape[0]
     stacked = jnp.concatenate([weight_re, weight_im], axis=0)
     dtype = _low_precision(stacked, x)
@@ -297,8 +321,33 @@ def real_readout(
     c_im: Float[Array, "output state"],
     h: Shaped[Array, "length state"],
 ) -> Float[Array, "length output"]:
-    r"""$\operatorname{Re}(C h_t) = C_{re}\, \operatorname{Re} h_t - C_{im}\, \operatorname{Im} h_t$
-    as one real matmul (in the 16-bit dtype of $C$ for a float32 state and a 16-bit $C$)."""
+    r"""The real part of a complex readout,
+    $\operatorname{Re}(C h_t) = C_{re} \operatorname{Re} h_t - C_{im} \operatorname{Im} h_t$,
+    as one real matmul.
+
+    The output map of a complex diagonal layer: a new layer's `readout` can use it.
+
+    **Arguments:**
+
+    - `c_re`, `c_im`: the real and imaginary parts of $C$, `(output, state)`.
+    - `h`: the complex states, `(length, state)`.
+
+    **Returns:**
+
+    $\operatorname{Re}(C h_t)$, `(length, output)`, in the 16-bit dtype of $C$ for a float32
+    state and a 16-bit $C$ (mixed precision), else in the dtype of $C$.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        h = jnp.array([[1.0 + 2.0j, 3.0 - 1.0j]])
+        c_re, c_im = jnp.ones((1, 2)), jnp.ones((1, 2))
+        print(recurrax.real_readout(c_re, c_im, h))  # [[3.]]: (1 + 3) - (2 - 1)
+        ```
+    """
     stacked = jnp.concatenate([c_re, -c_im], axis=1)
     parts = jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1)
     dtype = _low_precision(stacked, parts)

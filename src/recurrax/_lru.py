@@ -10,7 +10,7 @@ from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
 from ._checks import check_positive_int
 from ._dtypes import as_working, complex_dtype, default_float
-from ._init import _check_ring, ring_init
+from ._init import check_ring_arguments, ring_init
 from ._layer import complex_projection, real_readout
 from ._lti import AbstractLTILayer, mimo_kernel
 from ._scan import AbstractScan
@@ -153,7 +153,7 @@ class LRU(AbstractLTILayer):
         check_positive_int("LRU", "input_size", input_size)
         check_positive_int("LRU", "state_size", state_size)
         try:
-            _check_ring(r_min, r_max, max_phase)
+            check_ring_arguments(r_min, r_max, max_phase)
         except ValueError as error:
             raise ValueError(f"LRU: {error}") from None
         dtype = default_float(dtype)

@@ -93,7 +93,35 @@ def mimo_kernel(
     c: Shaped[Array, "output state"],
     length: int,
 ) -> Float[Array, "length output input"]:
-    r"""$K_j = \operatorname{Re}(C \operatorname{diag}(\lambda^j) W)$, `(length, output, input)`."""
+    r"""The convolution kernel of a time-invariant diagonal system,
+    $K_j = \operatorname{Re}(C \operatorname{diag}(\lambda^j) W)$ for $j = 0, \dots, L - 1$.
+
+    A time-invariant layer's `kernel` (see [`recurrax.AbstractLTILayer`][]) can return it:
+    the outputs from a zero state are then $y_k = \sum_{j \le k} K_j u_{k-j}$ (plus the
+    skip term).
+
+    **Arguments:**
+
+    - `lam`: the eigenvalues $\lambda$, `(state,)`.
+    - `weight`: the input matrix $W$ (e.g. $\operatorname{diag}(\gamma) B$), `(state, input)`.
+    - `c`: the output matrix $C$, `(output, state)`.
+    - `length`: $L$, the number of kernel taps.
+
+    **Returns:**
+
+    The kernel, `(length, output, input)`.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        lam = jnp.array([0.5 + 0.0j])
+        k = recurrax.mimo_kernel(lam, jnp.ones((1, 1), complex), jnp.ones((1, 1), complex), 3)
+        print(k[:, 0, 0])  # [1.   0.5  0.25]
+        ```
+    """
     p = powers(lam, length)
     g = c[None] * p[:, None, :]  # (length, output, state)
     g_parts = jnp.concatenate([jnp.real(g), jnp.imag(g)], axis=-1)
