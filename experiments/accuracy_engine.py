@@ -1,6 +1,6 @@
 """`python -m experiments accuracy engine`: float32 error of every strategy at long length.
 
-Error metric (THEORY §1): max|h_float32 − h_float64| / max|h_float64|, against a plain
+Error metric: max|h_float32 − h_float64| / max|h_float64|, against a plain
 float64 NumPy loop written from the equation h_t = a_t h_{t-1} + b_t. Two regimes:
 
 - *near unit circle*: time-invariant complex λ with |λ| ∈ [0.999, 0.9999] (long memory);

@@ -3,7 +3,7 @@ settings, for a GPU), per task and model family.
 
 The model families follow their papers: the LRU and the diagonal SSM in the LRU paper's GLU
 block with BatchNorm (App. D); minGRU, minLSTM, GRU and LSTM in the minRNN paper's block with
-LayerNorm (THEORY §5).
+LayerNorm.
 """
 
 import math

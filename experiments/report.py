@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-# Published numbers to put beside ours (THEORY.md, TASKS.md): (task, model) -> text.
+# Published numbers to put beside ours (the papers' tables): (task, model) -> text.
 PAPER_NUMBERS = {
     ("selective_copying", "mingru"): "37.0 / 96.8 / 99.5 % (1 / 2 / 3 layers; L 4096)",
     ("selective_copying", "minlstm"): "37.6 / 85.7 / 96.0 % (1 / 2 / 3 layers)",

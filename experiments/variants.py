@@ -7,7 +7,7 @@ r"""Model variants for the ablations and controls of the experiments (not librar
 - `SignedMinGRU`: minGRU with transition values $a_t = 1 - 2 z_t \in (-1, 1)$ and
   $b_t = z_t \tilde h_t$: a sign flip on $z_t \to 1$ makes parity exactly representable
   ($h_t = (-1)^{u_t} h_{t-1}$), the positive control of the state-tracking experiment
-  (TASKS.md, Grazzi et al.).
+  (Grazzi et al., negative eigenvalues for state tracking).
 
 `apply(name, model, key=...)` swaps every block's mixer of a `recurrax.SequenceModel` for the
 variant of the same sizes.

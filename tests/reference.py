@@ -1,4 +1,4 @@
-"""Independent float64 references written from the equations of THEORY.md §2-§3.
+"""Independent float64 references written from the equations of the LRU and SSM papers.
 
 Each takes a layer's own parameters (read as NumPy float64 arrays) and runs a plain loop; no
 recurrax code is used except to read the fields.
@@ -12,7 +12,7 @@ def _f64(x):
 
 
 def lru_reference(lru, x, h0=None, reverse=False):
-    """The LRU of THEORY §3 as a loop: x_k = λ x_{k-1} + γ ⊙ (B u_k), y = Re(C x) + D ⊙ u.
+    """The LRU of the paper as a loop: x_k = λ x_{k-1} + γ ⊙ (B u_k), y = Re(C x) + D ⊙ u.
 
     Returns (states, outputs); for a bidirectional layer the outputs combine a forward loop
     and a reverse loop read out by the two halves of C.
@@ -43,7 +43,7 @@ def lru_reference(lru, x, h0=None, reverse=False):
 
 
 def discretise_reference(method, lam, step):
-    """THEORY §2's table, written out: returns (lam_bar, input factor s) with B̄ = s B."""
+    """The discretisation table, written out: returns (lam_bar, input factor s) with B̄ = s B."""
     z = step * lam
     if method == "ZeroOrderHold":
         lam_bar = np.exp(z)

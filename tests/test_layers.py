@@ -141,7 +141,7 @@ def test_bidirectional_is_two_explicit_scans(name, getkey):
 @pytest.mark.parametrize("name", LAYERS)
 def test_vmap_carried_state_per_example(name, getkey):
     """A batch of carried states stays one per example (a public LRU broadcast them into
-    batch² rows, THEORY §8)."""
+    batch² rows, a public mistake)."""
     layer = LAYERS[name](getkey())
     batch = 3
     x = _inputs(11, batch=(batch,))

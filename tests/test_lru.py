@@ -1,5 +1,6 @@
-"""The LRU against the paper's equations (THEORY §3), its initialisation, its floating-point
-edge, and the mistakes of public implementations (THEORY §8)."""
+"""The LRU against the paper's equations (Orvieto et al. 2023), its initialisation, its
+floating-point edge, and the mistakes of public implementations
+(docs/concepts/known-mistakes.md)."""
 
 import math
 
@@ -162,7 +163,7 @@ def test_invalid_sizes(sizes, word):
 
 @pytest.mark.parametrize("dtype, edge", [(jnp.float32, -17.0), (jnp.float64, -37.6)])
 def test_parameterisation_edge_is_real_and_handled(dtype, edge):
-    """exp(-exp(ν_log)) rounds to 1.0 for very negative ν_log (THEORY §3); the layer floors ν
+    """exp(-exp(ν_log)) rounds to 1.0 for very negative ν_log; the layer floors ν
     so |λ| < 1 stays true in floating point and a held input gives a bounded state."""
     nu_log = jnp.asarray([edge - 3.0], dtype)
     naive = jnp.exp(-jnp.exp(nu_log))
@@ -195,7 +196,7 @@ def test_floor_does_not_touch_ordinary_values(getkey):
     np.testing.assert_array_equal(np.asarray(lru.eigenvalues()), np.asarray(raw))
 
 
-# -- the mistakes found in public implementations (THEORY §8) -------------------------------
+# -- the mistakes found in public implementations (known-mistakes page) ---------------------
 
 
 def test_input_is_scaled_by_exp_of_gamma_log(getkey):

@@ -1,5 +1,5 @@
 """minGRU, minLSTM, GRU and LSTM against float64 loops of the papers' sequential equations
-(THEORY §5), in every mode; carried state; saturated gates; parameter counts."""
+(Feng et al. 2024), in every mode; carried state; saturated gates; parameter counts."""
 
 import equinox as eqx
 import jax
@@ -116,8 +116,9 @@ def test_log_space_equals_linear_space(cls, getkey):
 
 
 def test_log_g_applied_to_the_carried_state_breaks_chunking(getkey):
-    """The public minLSTM mistake (THEORY §8): with a carried state, log h_prev must be
-    log(h_prev), not log_g(h_prev). Ours splits exactly; the mistaken form does not."""
+    """The public minLSTM mistake (docs/concepts/known-mistakes.md): with a carried state,
+    log h_prev must be log(h_prev), not log_g(h_prev). Ours splits exactly; the mistaken form
+    does not."""
     layer = recurrax.MinLSTM(3, 6, log_space=True, key=getkey())
     x = jax.random.normal(getkey(), (64, 3))
     h_one = layer(x)
@@ -191,7 +192,7 @@ def _count(module):
 
 @pytest.mark.parametrize("d_x, d_h", [(1, 1), (16, 64), (64, 16)])
 def test_parameter_counts(d_x, d_h):
-    """THEORY §5: minGRU 2 d_h (d_x + 1), minLSTM 3 d_h (d_x + 1); GRU and LSTM in Equinox's
+    """Parameter counts: minGRU 2 d_h (d_x + 1), minLSTM 3 d_h (d_x + 1); GRU and LSTM in Equinox's
     layout (one bias per gate plus GRU's b_hn): 3 d_h (d_x + d_h) + 4 d_h, 4 d_h (d_x + d_h) +
     4 d_h, i.e. the PyTorch counts minus 2 d_h and 4 d_h."""
     key = jax.random.key(0)

@@ -154,7 +154,7 @@ SMALL_GRID = dict(grid=(41, 3), samples=64, plot=False)
 
 def test_unit_disk_and_its_wrong_variants():
     assert proofs.check_unit_disk(**SMALL_GRID).passed
-    # Without the floor, exp(-exp(nu_log)) rounds to 1 (THEORY §3); the plain exponential
+    # Without the floor, exp(-exp(nu_log)) rounds to 1; the plain exponential
     # leaves the disk outright.
     assert not proofs.check_unit_disk(proofs.STABLE_EXPONENTIAL, **SMALL_GRID).passed
     assert not proofs.check_unit_disk(proofs.PLAIN_EXPONENTIAL, **SMALL_GRID).passed
@@ -204,7 +204,7 @@ def test_leaving_the_disk(parameterisation, leaves):
 
 
 def _gamma_log_mistake(lru):
-    """THEORY §8: B scaled by gamma_log instead of exp(gamma_log)."""
+    """A public mistake: B scaled by gamma_log instead of exp(gamma_log)."""
 
     def step(h, u_t):
         b = jax.lax.complex(lru.B_re @ u_t, lru.B_im @ u_t) * lru.gamma_log.astype(h.dtype)
@@ -401,7 +401,7 @@ def test_deep_stack_variance_normalised_and_not():
 
 
 class _FlippedBilinear(recurrax.AbstractDiscretisation):
-    """THEORY §8: the bilinear discretisation with its sign flipped."""
+    """A public mistake: the bilinear discretisation with its sign flipped."""
 
     def __call__(self, lam, step):
         step = jnp.asarray(step).astype(jnp.asarray(lam).dtype)
@@ -591,7 +591,7 @@ def test_streaming_models():
 
 
 def test_log_g_on_the_carried_state_breaks_streaming():
-    """THEORY §8: a chunked minLSTM taking log_g(h_prev) instead of log(h_prev)."""
+    """A public mistake: a chunked minLSTM taking log_g(h_prev) instead of log(h_prev)."""
     layer = recurrax.MinLSTM(3, 6, log_space=True, key=KEY(0))
 
     def mistaken_scan(layer, h, x):

@@ -1,5 +1,5 @@
 """DiagonalSSM against a loop over its own continuous parameters; initialisations; the exact
-conversion to an LRU (THEORY §2)."""
+conversion to an LRU."""
 
 import equinox as eqx
 import jax
@@ -143,7 +143,7 @@ def test_to_lru_gives_identical_outputs(disc, delta, conjugate_symmetric, bidire
 
 
 def test_zero_order_hold_conversion_is_the_closed_form(getkey):
-    """ZOH: ν = -Δ Re Λ and θ = Δ Im Λ mod 2π (THEORY §2)."""
+    """ZOH: ν = -Δ Re Λ and θ = Δ Im Λ mod 2π."""
     ssm = recurrax.DiagonalSSM(2, 6, init=recurrax.S4DLin(), step_max=1.0, key=getkey())
     lru = ssm.to_lru()
     lam, step = np.asarray(ssm.continuous_eigenvalues()), np.asarray(ssm.step_sizes())

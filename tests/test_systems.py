@@ -1,4 +1,4 @@
-"""Discretisations and systems (THEORY §2): the table, the matrix exponential of the augmented
+"""Discretisations and systems: the table, the matrix exponential of the augmented
 system, an ODE solve with the input held on each step, orders of convergence, irregular
 sampling, conjugate symmetry, and dense ↔ diagonal."""
 
@@ -114,8 +114,8 @@ def test_order_of_convergence(disc, order):
     step=st.floats(1e-6, 1e2),
 )
 def test_bilinear_and_backward_euler_map_stable_into_the_unit_disk(re, im, step):
-    """The left half-plane maps into the unit disk for every step (THEORY §2); the bilinear
-    map with its sign flipped (a public mistake, THEORY §8) maps it outside."""
+    """The left half-plane maps into the unit disk for every step; the bilinear
+    map with its sign flipped (a public mistake) maps it outside."""
     lam = jnp.asarray([re + 1j * im])
     for disc in (recurrax.Bilinear(), recurrax.BackwardEuler()):
         assert float(jnp.abs(disc(lam, jnp.asarray(step))[0])[0]) < 1

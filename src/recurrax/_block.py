@@ -306,7 +306,8 @@ class GLUBlock(AbstractBlock):
 
 
 class MixerMLPBlock(AbstractBlock):
-    r"""The minRNN paper's block (THEORY §5):
+    r"""The minRNN paper's block (Feng et al. 2024; see
+    [minGRU and minLSTM](../concepts/minrnn.md)):
     $x \leftarrow x + \operatorname{drop}(P_{out}\,\operatorname{mixer}(P_{in}\,
     \operatorname{conv}(\operatorname{norm}(x))))$,
     then $x \leftarrow x + \mathrm{drop}(\mathrm{MLP}(\mathrm{norm}_2(x)))$ with

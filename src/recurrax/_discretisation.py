@@ -1,7 +1,7 @@
 r"""Discretisations of a continuous diagonal system $\dot x = \Lambda x + B u$.
 
 Every method maps $(\Lambda, \Delta)$ to a discrete eigenvalue $\bar\lambda$ and a per-state
-input factor $s$ with $\bar B = \operatorname{diag}(s) B$ (THEORY §2), so a discretised system
+input factor $s$ with $\bar B = \operatorname{diag}(s) B$, so a discretised system
 is again a diagonal recurrence $x_k = \bar\lambda \odot x_{k-1} + s \odot (B u_k)$.
 """
 

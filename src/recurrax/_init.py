@@ -1,5 +1,5 @@
 r"""Eigenvalue initialisations: the LRU's ring, and S4D-Lin, S4D-Inv and HiPPO-LegS for
-continuous diagonal state-space layers (THEORY §2, §3)."""
+continuous diagonal state-space layers."""
 
 import abc
 import math

@@ -3,7 +3,7 @@ r"""The abstract recurrent layer: everything a diagonal linear recurrence layer 
 A concrete layer says how it makes the coefficients $(a_t, b_t)$ of
 $h_t = a_t \odot h_{t-1} + b_t$ from its input and how it reads $y_t$ out of $h_t$; the full
 call, the carried state, one-step streaming, the reverse direction and bidirectional
-evaluation are written here and agree by construction (DESIGN.md).
+evaluation are written here and agree by construction.
 """
 
 import abc

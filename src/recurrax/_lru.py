@@ -50,7 +50,8 @@ def _check_inside_unit_disk(lam: Array, what: str) -> Array:
 
 
 class LRU(AbstractLTILayer):
-    r"""The Linear Recurrent Unit (THEORY §3):
+    r"""The Linear Recurrent Unit (Orvieto et al. 2023; see
+    [diagonal linear systems](../concepts/diagonal-systems.md)):
 
     $$x_k = \lambda \odot x_{k-1} + \gamma \odot (B u_k),\qquad
     y_k = \operatorname{Re}(C x_k) + D \odot u_k,$$
@@ -141,7 +142,7 @@ class LRU(AbstractLTILayer):
             is the matching complex dtype.
         - `key`: a PRNG key.
 
-        Initialisation (THEORY §3): ring for $(\nu_{\log}, \theta_{\log})$ (draws on open
+        Initialisation (the paper's): ring for $(\nu_{\log}, \theta_{\log})$ (draws on open
         intervals), $\gamma_{\log} = \log\sqrt{1 - |\lambda|^2}$, $B_{re}, B_{im} \sim
         N(0, 1/(2H))$, $C_{re}, C_{im} \sim N(0, 1/N)$ (each direction), $D \sim N(0, 1)$.
 
@@ -236,7 +237,8 @@ class LRU(AbstractLTILayer):
         gamma_log: Float[Array, " state"] | None = None,
         method: AbstractScan | None = None,
     ) -> "LRU":
-        r"""The LRU with the same outputs as a discrete diagonal system (THEORY §2).
+        r"""The LRU with the same outputs as a discrete diagonal system (see
+        [from continuous SSMs to the LRU](../concepts/ssm-to-lru.md)).
 
         $\nu = -\log|\bar\lambda|$, $\theta = \arg\bar\lambda$ reduced to $(0, 2\pi]$,
         $B = \operatorname{diag}(\gamma)^{-1}\bar B$, same $C$ and $D$.

@@ -97,8 +97,8 @@ class _AbstractMinRNN(AbstractRecurrentLayer):
 
 
 class MinGRU(_AbstractMinRNN):
-    r"""minGRU (THEORY §5): gates and candidate depend on the input only, so the recurrence is
-    a diagonal linear one, $a_t = 1 - z_t$, $b_t = z_t \odot \tilde h_t$:
+    r"""minGRU (Feng et al. 2024): gates and candidate depend on the input only, so the
+    recurrence is a diagonal linear one, $a_t = 1 - z_t$, $b_t = z_t \odot \tilde h_t$:
 
     $$z_t = \sigma(\mathrm{Linear}_z(x_t)),\quad \tilde h_t = c(\mathrm{Linear}_h(x_t)),\quad
     h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t,\quad y_t = h_t,$$
@@ -189,7 +189,8 @@ class MinGRU(_AbstractMinRNN):
 
 
 class MinLSTM(_AbstractMinRNN):
-    r"""minLSTM (THEORY §5): $h_t = f'_t \odot h_{t-1} + i'_t \odot \tilde h_t$, $y_t = h_t$, with
+    r"""minLSTM (Feng et al. 2024):
+    $h_t = f'_t \odot h_{t-1} + i'_t \odot \tilde h_t$, $y_t = h_t$, with
 
     $$f_t = \sigma(\mathrm{Linear}_f(x_t)),\ i_t = \sigma(\mathrm{Linear}_i(x_t)),\
     f'_t = \frac{f_t}{f_t + i_t},\ i'_t = \frac{i_t}{f_t + i_t},\
@@ -247,8 +248,8 @@ class MinLSTM(_AbstractMinRNN):
         - `learn_initial_state`: make $h_0$ a trainable parameter (linear space only), as
             for [`recurrax.MinGRU`][].
         - `forget_bias`: added to the initial forget-gate bias (the official code's +3,
-            THEORY §5: at zero input $f'$ starts at 0.66 instead of 0.5); training moves it
-            like any bias.
+            reported to converge faster and more stably: at zero input $f'$ starts at
+            0.66 instead of 0.5); training moves it like any bias.
         - `method`: the scan strategy.
         - `dtype`: parameter dtype.
         - `key`: a PRNG key.

@@ -257,7 +257,7 @@ def log_linear_recurrence(
     r"""Solve a positive recurrence $h_t = a_t h_{t-1} + b_t$ in log space: return $\log h$.
 
     Computes $\log h_t = \operatorname{logaddexp}(\log a_t + \log h_{t-1},\ \log b_t)$, the
-    form minGRU and minLSTM train in (THEORY §1, §5). Every strategy combines in log space
+    form minGRU and minLSTM train in. Every strategy combines in log space
     directly, so (unlike the cumulative-sum form $A_t + \operatorname{logcumsumexp}(\log b - A)$)
     no large partial sums cancel and the float32 error stays that of a plain loop.
 

@@ -96,7 +96,8 @@ class SequentialScan(AbstractScan):
 class AssociativeScan(AbstractScan):
     r"""A parallel prefix scan with `jax.lax.associative_scan`: $O(L)$ work, $O(\log L)$ depth.
 
-    Pairs compose as $(a_i, b_i) \bullet (a_j, b_j) = (a_j a_i,\ a_j b_i + b_j)$ (THEORY §1).
+    Pairs compose as $(a_i, b_i) \bullet (a_j, b_j) = (a_j a_i,\ a_j b_i + b_j)$ (see
+    [the engine](../concepts/engine.md)).
     The strategy of choice on accelerators; on CPU its strided passes over memory make it
     slower than [`recurrax.ChunkedScan`][].
     """

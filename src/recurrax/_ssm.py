@@ -24,7 +24,8 @@ _DELTAS = ("per_state", "per_feature")
 
 
 class DiagonalSSM(AbstractLTILayer):
-    r"""A continuous diagonal state-space layer, discretised on the fly (THEORY §2):
+    r"""A continuous diagonal state-space layer, discretised on the fly (see
+    [from continuous SSMs to the LRU](../concepts/ssm-to-lru.md)):
 
     $$\dot x = \Lambda x + B u,\quad y = \operatorname{Re}(C x) + D \odot u
     \quad\longrightarrow\quad x_k = \bar\lambda \odot x_{k-1} + \bar B u_k,$$
@@ -269,7 +270,7 @@ class DiagonalSSM(AbstractLTILayer):
         return system.discretise(self.flat_step_sizes(), self.discretisation, method=self.method)
 
     def to_lru(self, *, gamma_log: Float[Array, " flat_state"] | None = None) -> LRU:
-        r"""The [`recurrax.LRU`][] with the same outputs (THEORY §2): $\nu = -\log|\bar\lambda|$,
+        r"""The [`recurrax.LRU`][] with the same outputs: $\nu = -\log|\bar\lambda|$,
         $\theta = \arg\bar\lambda \in (0, 2\pi]$, $B = \operatorname{diag}(\gamma)^{-1}\bar B$,
         the same $C$ (doubled if conjugate-symmetric) and $D$. A per-feature bank becomes an
         LRU with $HN$ states.

@@ -1,5 +1,5 @@
 r"""Diagonal linear systems as plain values: discrete $(\bar\lambda, \bar B, C, D)$, continuous
-$(\Lambda, B, C, D)$, and a dense linear RNN with its diagonalisation (THEORY §2)."""
+$(\Lambda, B, C, D)$, and a dense linear RNN with its diagonalisation."""
 
 import math
 
@@ -259,7 +259,7 @@ class DenseLinearSystem(eqx.Module):
     (real or complex matrices), evaluated step by step with `jax.lax.scan`.
 
     [`recurrax.DenseLinearSystem.diagonalise`][] gives the equivalent complex diagonal system
-    (THEORY §2, LRU paper §3.2).
+    (LRU paper §3.2).
 
     **Fields:** `A` `(state, state)`, `B` `(state, input)`, `C` `(input, state)`, `D` `(input,)`.
     """

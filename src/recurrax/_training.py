@@ -1,7 +1,7 @@
 r"""Training: optimiser parameter groups, the learning-rate schedule, train and eval steps,
 and data-parallel training over a 1-D device mesh.
 
-The optimiser follows THEORY §3 (LRU, App. D.2) and §5 (minRNN): the recurrent parameters of
+The optimiser follows the LRU paper (App. D.2) and the minRNN paper: the recurrent parameters of
 an LRU or a diagonal SSM ($\nu$, $\theta$, $\gamma$, $B$, and $\Lambda$, $\Delta$) get the
 learning rate base $\times$ `lr_factor` and no weight decay; the parameters of the minimal and
 classic RNNs get the base learning rate and no weight decay; everything else gets AdamW with
@@ -223,7 +223,7 @@ def make_optimizer(
     recurrent_fields: Mapping[type, Collection[str]] = RECURRENT_FIELDS,
     no_decay_types: tuple[type, ...] = NO_DECAY_TYPES,
 ) -> optax.GradientTransformation:
-    r"""The optimiser of the LRU paper (App. D.2, THEORY §3) with the groups of
+    r"""The optimiser of the LRU paper (App. D.2) with the groups of
     [`recurrax.param_labels`][]:
 
     1. clip the gradient of *all* parameters together to global norm `clip_norm`;
