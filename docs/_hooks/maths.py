@@ -42,6 +42,14 @@ _BAR = re.compile(r"<mo((?: (?!lspace)[a-z]+=\"[^\"]*\")*)>(&#x0007C;|&#x02016;)
 _CLOSING = "|".join(("&#x00029;", "&#x0005D;", "&#x0007D;", "&#x0007C;", "&#x02016;", "&#x02309;"))
 _SIGN = re.compile(rf"(<mo[^>]*>(?!{_CLOSING})[^<]*</mo>|<mrow>)<mo>(&#x02212;|&#x0002B;)</mo>")
 _GROUPED_NUMBER = re.compile(r"<mn>(\d+)</mn><mrow><mo>&#x0002C;</mo></mrow><mn>(\d+)</mn>")
+_SCRIPTED = "".join(f"(?<!<{tag}>)" for tag in ("msub", "msup", "msubsup", "munder", "munderover"))
+_FUNCTIONS = "log|ln|exp|sin|cos|tan|tanh|max|min|sup|inf|lim|det|dim|ker|arg|sgn"
+# A function name: `\log` as <mi>log</mi>, `\operatorname{Re}` as <mo>Re</mo>; not the base of
+# a sub- or superscript (whose element must keep exactly two children).
+_FUNCTION = re.compile(
+    rf"{_SCRIPTED}(?:<mi>({_FUNCTIONS})</mi>|<mo>([A-Za-z]{{2,}})</mo>)"
+    r'(?!<mo>&#x02061;</mo>)(?=(<mo stretchy="false">&#x00028;</mo>)?)'
+)
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _CODE_OR_MATH = re.compile(r"(`+)(?:.+?)\1|\$\$.+?\$\$|\$(?:\\.|[^$\\])+?\$")
 
@@ -107,7 +115,17 @@ def _clean(tex: str) -> str:
     return _NAMED_FUNCTION.sub(lambda m: "\\operatorname{" + m.group(1) + "}", tex)
 
 
+def _function(match) -> str:
+    # An upright name, the invisible function application, and TeX's thin space before an
+    # argument that is not in parentheses ("log h", not "logh"; "Re(Cx)" without the wide
+    # gaps of an unknown operator).
+    name = match.group(1) or match.group(2)
+    space = "" if match.group(3) else '<mspace width="0.1667em"></mspace>'
+    return f"<mi>{name}</mi><mo>&#x02061;</mo>{space}"
+
+
 def _fix(mathml: str) -> str:
+    mathml = _FUNCTION.sub(_function, mathml)
     # latex2mathml writes \sim as the identifier "~"; it is the relation U+223C.
     mathml = mathml.replace("<mi>&#x0007E;</mi>", "<mo>&#x0223C;</mo>")
     # Bars written | or \| are absolute values and norms here: no operator spacing (MathML
