@@ -21,6 +21,23 @@ class AbstractDiscretisation(eqx.Module):
     A discretisation is a value passed as `discretisation=` (to
     [`recurrax.DiagonalSSM`][], [`recurrax.ContinuousDiagonalSystem.discretise`][], ...).
     Subclass and implement `__call__` to add one.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        # the bilinear map written another way, as a user-defined discretisation
+        class Midpoint(recurrax.AbstractDiscretisation):
+
+            def __call__(self, lam, step):
+                z = jnp.asarray(step) * lam
+                return (2 + z) / (2 - z), 2 * jnp.asarray(step) / (2 - z)
+
+        lam_bar, scale = Midpoint()(jnp.array([-1.0 + 0j]), 0.1)
+        print(lam_bar)  # [0.9047619+0.j], as recurrax.Bilinear gives
+        ```
     """
 
     @abc.abstractmethod
@@ -58,6 +75,16 @@ class ZeroOrderHold(AbstractDiscretisation):
     Exact for an input held constant over each step. The input factor is evaluated as
     $\Delta \cdot \operatorname{expm1}(\Delta\Lambda) / (\Delta\Lambda)$, which stays accurate
     for $|\Delta\Lambda| \ll 1$ and equals $\Delta$ at $\Lambda = 0$.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        lam_bar, scale = recurrax.ZeroOrderHold()(jnp.array([-1.0 + 0j]), 0.1)
+        print(lam_bar, scale)  # [0.9048374+0.j] [0.09516256+0.j]
+        ```
     """
 
     def __call__(self, lam, step):
@@ -74,6 +101,16 @@ class Bilinear(AbstractDiscretisation):
 
     Second order against the held-input solution; maps the open left half-plane into the
     open unit disk, so a stable $\Lambda$ always gives $|\bar\lambda| < 1$.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        lam_bar, scale = recurrax.Bilinear()(jnp.array([-1.0 + 0j]), 0.1)
+        print(lam_bar, scale)  # [0.9047619+0.j] [0.0952381+0.j]
+        ```
     """
 
     def __call__(self, lam, step):
@@ -87,6 +124,16 @@ class ForwardEuler(AbstractDiscretisation):
 
     First order; stable only where $|1 + \Delta\lambda| < 1$, so a large step can leave the
     unit disk (then the system has no LRU form, see [`recurrax.LRU.from_discrete_system`][]).
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        lam_bar, scale = recurrax.ForwardEuler()(jnp.array([-1.0 + 0j]), 0.1)
+        print(lam_bar, scale)  # [0.9+0.j] [0.1+0.j]
+        ```
     """
 
     def __call__(self, lam, step):
@@ -99,6 +146,16 @@ class BackwardEuler(AbstractDiscretisation):
     $\bar B = \Delta/(1 - \Delta\Lambda)\,B$.
 
     First order and A-stable: a stable $\Lambda$ gives $|\bar\lambda| < 1$ for every step.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        lam_bar, scale = recurrax.BackwardEuler()(jnp.array([-1.0 + 0j]), 0.1)
+        print(lam_bar, scale)  # [0.9090909+0.j] [0.09090909+0.j]
+        ```
     """
 
     def __call__(self, lam, step):

@@ -60,6 +60,20 @@ def ring_init(
     **Raises:**
 
     `ValueError` naming the argument for invalid radii, phase or size.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+        nu_log, theta_log = recurrax.ring_init(
+            256, r_min=0.9, r_max=0.999, max_phase=2 * jnp.pi, key=jax.random.key(0)
+        )
+        radius = jnp.exp(-jnp.exp(nu_log))  # |lambda|
+        print(bool(jnp.all((radius >= 0.9) & (radius <= 0.999))))  # True
+        ```
     """
     if not (isinstance(state_size, int) and state_size > 0):
         raise ValueError(f"`state_size` must be a positive integer, got state_size={state_size!r}.")
@@ -80,6 +94,14 @@ def hippo_legs_matrix(size: int) -> np.ndarray:
     $A_{nk} = -\sqrt{2n+1}\sqrt{2k+1}$ for $n > k$, $-(n+1)$ for $n = k$, $0$ for $n < k$.
     Adding $P P^\top$ with $P_n = \sqrt{n + 1/2}$ gives its normal part
     $-\tfrac12 I + S$ with $S$ skew-symmetric, whose eigenvalues have real part $-\tfrac12$.
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        print(recurrax.hippo_legs_matrix(2))  # [[-1. 0.] [-1.73205081 -2.]]
+        ```
     """
     n = np.arange(size)
     root = np.sqrt(2 * n + 1.0)
@@ -104,6 +126,21 @@ class AbstractSSMInit(eqx.Module):
     [`recurrax.DiagonalSSM`][].
 
     Subclass and implement `eigenvalues` to add one.
+
+    !!! example
+
+        ```python
+        import numpy as np
+        import recurrax
+
+        # real eigenvalues -1, -2, ..., -N: a user-defined initialisation
+        class Real(recurrax.AbstractSSMInit):
+
+            def eigenvalues(self, state_size, conjugate_symmetric):
+                return -np.arange(1, state_size + 1).astype(np.complex128)
+
+        print(Real().eigenvalues(3, conjugate_symmetric=False))  # [-1.+0.j -2.+0.j -3.+0.j]
+        ```
     """
 
     @abc.abstractmethod
@@ -119,7 +156,17 @@ class AbstractSSMInit(eqx.Module):
 
 
 class S4DLin(AbstractSSMInit):
-    r"""S4D-Lin: $\lambda_n = -\tfrac12 + i\pi n$, $n = 0, \dots, N-1$."""
+    r"""S4D-Lin: $\lambda_n = -\tfrac12 + i\pi n$, $n = 0, \dots, N-1$.
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        lam = recurrax.S4DLin().eigenvalues(4, conjugate_symmetric=True)
+        print(lam.real)  # [-0.5 -0.5 -0.5 -0.5]
+        ```
+    """
 
     def eigenvalues(self, state_size, conjugate_symmetric):
         n = np.arange(state_size)
@@ -129,7 +176,17 @@ class S4DLin(AbstractSSMInit):
 class S4DInv(AbstractSSMInit):
     r"""S4D-Inv: $\lambda_n = -\tfrac12 + i\,\tfrac{N}{\pi}\left(\tfrac{N}{2n+1} - 1\right)$,
     $n = 0, \dots, N-1$ ($N$ the number of states of the real system: twice the number kept
-    when conjugate-symmetric)."""
+    when conjugate-symmetric).
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        lam = recurrax.S4DInv().eigenvalues(4, conjugate_symmetric=True)
+        print(lam.real)  # [-0.5 -0.5 -0.5 -0.5]
+        ```
+    """
 
     def eigenvalues(self, state_size, conjugate_symmetric):
         big = 2 * state_size if conjugate_symmetric else state_size
@@ -144,6 +201,15 @@ class HiPPOLegS(AbstractSSMInit):
     Conjugate-symmetric: the $N$ eigenvalues with positive imaginary part of the matrix of
     size $2N$ (one of each conjugate pair). Otherwise all $N$ eigenvalues of the matrix of
     size $N$.
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        lam = recurrax.HiPPOLegS().eigenvalues(4, conjugate_symmetric=True)
+        print(lam.real)  # [-0.5 -0.5 -0.5 -0.5]
+        ```
     """
 
     def eigenvalues(self, state_size, conjugate_symmetric):
