@@ -166,11 +166,8 @@ def campaign(args, argv) -> int:
             for options in EXTRAPOLATIONS.get(name, []) if code == 0 else []:
                 code = _extrapolate_run(configure(run_args)[1], options, force=args.force)
                 status = status or code
-    table = reporting.gather(sorted(p for p in pathlib.Path("runs").glob("*")
-                                    if (p / "summary.json").exists()))
-    if args.out:
-        pathlib.Path(args.out).write_text(table)
-    print(table)
+    runs = sorted(p for p in pathlib.Path("runs").glob("*") if (p / "summary.json").exists())
+    print(reporting.write_results(runs, args.out))
     return status
 
 
@@ -199,10 +196,5 @@ def report(args, argv) -> int:
         print("error: no run folders with a summary.json (run `python -m experiments run` first)",
               file=sys.stderr)
         return 2
-    table = reporting.gather(runs)
-    print(table)
-    if args.out:
-        path = pathlib.Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(table)
+    print(reporting.write_results(runs, args.out))
     return 0

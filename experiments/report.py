@@ -4,6 +4,7 @@ environment) and the comparison table over runs (`python -m experiments report`)
 import json
 import pathlib
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -54,7 +55,8 @@ def environment(command: list[str] | None = None) -> dict:
         "recurrax": recurrax.__version__,
         "device": Machine.here().line(),
         "git_commit": commit,
-        "command": "python -m experiments " + " ".join(command if command else sys.argv[1:]),
+        # Quoted as a shell needs it, so that the command can be pasted back as it is.
+        "command": "python -m experiments " + shlex.join(command if command else sys.argv[1:]),
     }
 
 
@@ -177,80 +179,177 @@ def write_run_report(out: pathlib.Path, config, task, model_before, model_after,
     return path
 
 
-def gather(runs: list[pathlib.Path]) -> str:
-    """A comparison table over run folders (their `summary.json`)."""
-    rows = []
+def summary_row(run: pathlib.Path, summary: dict) -> dict:
+    """One run's row of the results page: what its `summary.json` says, flattened."""
+    metric = "test_mse" if "test_mse" in summary["final"] else "test_accuracy"
+    options = ", ".join(f"{k}={v}" for k, v in sorted(summary["config"]["task_options"].items()))
+    if summary["config"].get("init_from"):
+        origin = pathlib.Path(summary["config"]["init_from"]).name
+        options += (", " if options else "") + "from " + origin
+    return {
+        "run": pathlib.Path(run).name,
+        "task": summary["task"],
+        "options": options,
+        "model": summary["model"],
+        "depth": summary["depth"],
+        "steps": summary["steps"],
+        "metric": metric,
+        "value": summary["final"].get(metric),
+        "baseline": summary["baseline"],
+        "paper": summary["paper"],
+        "command": summary["environment"]["command"],
+    }
+
+
+def extrapolation_row(run: pathlib.Path) -> dict | None:
+    """Accuracy against test length of a run with an `extrapolation.json` (else `None`)."""
+    path = pathlib.Path(run) / "extrapolation.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    summary = json.loads((pathlib.Path(run) / "summary.json").read_text())
+    config = summary["config"]
+    task = make_task(config["task"], preset=config["preset"], **config["task_options"])
+    return {
+        "run": pathlib.Path(run).name,
+        "task": summary["task"],
+        "model": summary["model"],
+        "trained_at": getattr(task, "length", None),
+        "results": {
+            str(r["length"]): {"accuracy": r["accuracy"], "examples": r["examples"]}
+            for r in data["rows"]
+        },
+        "commands": data.get("commands", [data["environment"]["command"]]),
+    }
+
+
+def results_data(runs: list[pathlib.Path], previous: dict | None = None) -> dict:
+    """The rows of the results page: those of `previous` (the committed
+    `docs/results/experiments.json`, so that results measured elsewhere are kept), replaced
+    or extended by the run folders in `runs` (matched by folder name)."""
+    rows = {r["run"]: r for r in (previous or {}).get("runs", [])}
+    extrapolation = {r["run"]: r for r in (previous or {}).get("extrapolation", [])}
     for run in runs:
         summary_file = pathlib.Path(run) / "summary.json"
-        if summary_file.exists():
-            rows.append((pathlib.Path(run), json.loads(summary_file.read_text())))
-    rows.sort(key=lambda r: (r[1]["task"], r[1]["model"], r[1]["depth"],
-                             json.dumps(r[1]["config"]["task_options"], sort_keys=True)))
+        if not summary_file.exists():
+            continue
+        row = summary_row(pathlib.Path(run), json.loads(summary_file.read_text()))
+        rows[row["run"]] = row
+        extra = extrapolation_row(pathlib.Path(run))
+        if extra is not None:
+            extrapolation[extra["run"]] = extra
+
+    def order(row):
+        return (row["task"], row["model"], row["depth"], row["options"], row["steps"])
+
+    return {
+        "runs": sorted(rows.values(), key=order),
+        "extrapolation": sorted(extrapolation.values(), key=lambda r: (r["task"], r["model"])),
+    }
+
+
+def _shown(value, metric: str) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if metric == "test_mse" else f"{100 * value:.1f} %"
+
+
+def _baseline(base: dict) -> str:
+    if base["metric"] == "accuracy":
+        return f"{100 * base['value']:.1f} %"
+    return f"{base['value']:.3g}"
+
+
+def _commands(title: str, commands: list[str]) -> list[str]:
+    """A collapsed, numbered list of commands (the rows' `#` refer to it)."""
+    lines = ["", f'??? note "{title}"', ""]
+    lines += [f"    {i}. `{command}`" for i, command in enumerate(commands, 1)]
+    return lines + [""]
+
+
+def render(data: dict) -> str:
+    """The results page (markdown) from `results_data`: one small table per task, the
+    command of every row in a numbered list beside it, the published numbers once per task."""
     lines = [
         "# Results of the experiment runs",
         "",
-        "Made by `python -m experiments report` from the runs' `summary.json`; each row's last",
-        "column is the command that produced it (small presets on a 2-core CPU unless the",
-        "command says otherwise). Commentary: [Experiments](../experiments.md).",
-        "",
-        "| task | options | model | depth | steps | test metric | ours | baseline | paper "
-        "| command |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Made by `python -m experiments report --out docs/results/experiments.md` from the runs'",
+        "`summary.json` (and the rows already in `docs/results/experiments.json`, beside this",
+        "page). Small presets on a 2-core CPU unless a command says otherwise; the `#` of a row",
+        "is its command's number in the list under the table. Commentary:",
+        "[Experiments](../experiments.md).",
     ]
-    for _, s in rows:
-        metric = "test_mse" if "test_mse" in s["final"] else "test_accuracy"
-        value = s["final"].get(metric, float("nan"))
-        shown = f"{value:.4g}" if metric == "test_mse" else f"{100 * value:.1f} %"
-        base = s["baseline"]
-        base_shown = (f"{100 * base['value']:.1f} %" if base["metric"] == "accuracy"
-                      else f"{base['value']:.3g}")
-        options = ", ".join(f"{k}={v}" for k, v in sorted(s["config"]["task_options"].items()))
-        if s["config"].get("init_from"):
-            options += (", " if options else "") + "from " + pathlib.Path(
-                s["config"]["init_from"]).name
-        lines.append(
-            f"| {s['task']} | {options or '–'} | {s['model']} | {s['depth']} | {s['steps']} | "
-            f"{metric} | {shown} | "
-            f"{base_shown} | {s['paper'] or '–'} | `{s['environment']['command']}` |"
-        )
-    lines += _extrapolation_table([run for run, _ in rows])
-    return "\n".join(lines) + "\n"
+    tasks = list(dict.fromkeys(r["task"] for r in data["runs"]))
+    for task in tasks:
+        rows = [r for r in data["runs"] if r["task"] == task]
+        metric = rows[0]["metric"]
+        name = "test MSE" if metric == "test_mse" else "test accuracy"
+        lines += ["", f"## {task}", "", f"Metric: {name}.", ""]
+        lines += ["| # | options | model | depth | steps | ours | baseline |",
+                  "|---:|---|---|---:|---:|---:|---:|"]
+        for i, r in enumerate(rows, 1):
+            lines.append(
+                f"| {i} | {r['options'] or '–'} | {r['model']} | {r['depth']} | {r['steps']} | "
+                f"{_shown(r['value'], r['metric'])} | {_baseline(r['baseline'])} |"
+            )
+        papers = dict.fromkeys((r["model"].split(" ")[0], r["paper"]) for r in rows if r["paper"])
+        if papers:
+            lines += ["", "Published: " + "; ".join(f"{m}: {p}" for m, p in papers) + "."]
+        lines += _commands(f"Commands ({task})", [r["command"] for r in rows])
+    if data["extrapolation"]:
+        lines += [
+            "",
+            "## Length extrapolation",
+            "",
+            "Made by `python -m experiments extrapolate RUN_FOLDER` (each sequence read in chunks",
+            "with the state carried); test accuracy against sequence length, with the number of",
+            "test sequences per length.",
+        ]
+        for task in dict.fromkeys(r["task"] for r in data["extrapolation"]):
+            rows = [r for r in data["extrapolation"] if r["task"] == task]
+            lengths = sorted({int(n) for r in rows for n in r["results"]})
+            lines += ["", f"### {task}", ""]
+            lines += [
+                "| # | model | trained at | " + " | ".join(f"{n:,}" for n in lengths)
+                + " | examples |",
+                "|---:|---|---:|" + "---:|" * len(lengths) + "---|",
+            ]
+            commands = []
+            for r in rows:
+                first = len(commands) + 1
+                commands += r["commands"]
+                numbers = ", ".join(str(i) for i in range(first, len(commands) + 1))
+                cells = [
+                    f"{100 * r['results'][str(n)]['accuracy']:.1f} %"
+                    if str(n) in r["results"] else "–"
+                    for n in lengths
+                ]
+                examples = sorted({v["examples"] for v in r["results"].values()})
+                trained = "–" if r["trained_at"] is None else r["trained_at"]
+                lines.append(
+                    f"| {numbers} | {r['model']} | {trained} | " + " | ".join(cells)
+                    + f" | {', '.join(map(str, examples))} |"
+                )
+            lines += _commands(f"Commands ({task}, extrapolation)", commands)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _extrapolation_table(runs: list[pathlib.Path]) -> list[str]:
-    """Accuracy against test length for the runs with an `extrapolation.json`."""
-    found = []
-    for run in runs:
-        path = pathlib.Path(run) / "extrapolation.json"
-        if path.exists():
-            data = json.loads(path.read_text())
-            summary = json.loads((pathlib.Path(run) / "summary.json").read_text())
-            commands = data.get("commands", [data["environment"]["command"]])
-            found.append((summary, {r["length"]: r for r in data["rows"]}, commands))
-    if not found:
-        return []
-    lengths = sorted({length for _, rows, _ in found for length in rows})
-    lines = [
-        "",
-        "## Length extrapolation",
-        "",
-        "Made by `python -m experiments extrapolate RUN_FOLDER` (each sequence read in chunks",
-        "with the state carried); test accuracy against sequence length, with the number of",
-        "test sequences per length.",
-        "",
-        "| task | model | trained at | " + " | ".join(f"{n:,}" for n in lengths)
-        + " | examples | command |",
-        "|---|---|---|" + "---:|" * len(lengths) + "---|---|",
-    ]
-    for summary, rows, commands in found:
-        config = summary["config"]
-        task = make_task(config["task"], preset=config["preset"], **config["task_options"])
-        trained = getattr(task, "length", "–")
-        cells = [f"{100 * rows[n]['accuracy']:.1f} %" if n in rows else "–" for n in lengths]
-        examples = sorted({r["examples"] for r in rows.values()})
-        lines.append(
-            f"| {summary['task']} | {summary['model']} | {trained} | " + " | ".join(cells)
-            + f" | {', '.join(map(str, examples))} | "
-            + "; ".join(f"`{c}`" for c in commands) + " |"
-        )
-    return lines
+def gather(runs: list[pathlib.Path], previous: dict | None = None) -> str:
+    """The results page over run folders (their `summary.json`), on top of `previous` rows."""
+    return render(results_data(runs, previous))
+
+
+def write_results(runs: list[pathlib.Path], out: pathlib.Path | None) -> str:
+    """The results page over `runs`; with `out`, keep the rows of the JSON file beside it
+    (`out` with the suffix `.json`), then write both the page and the updated JSON."""
+    if out is None:
+        return gather(runs)
+    out = pathlib.Path(out)
+    rows_file = out.with_suffix(".json")
+    previous = json.loads(rows_file.read_text()) if rows_file.exists() else None
+    data = results_data(runs, previous)
+    page = render(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows_file.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    out.write_text(page)
+    return page

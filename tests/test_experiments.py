@@ -170,7 +170,19 @@ def test_run_writes_a_report_and_report_gathers(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final"]["test_accuracy"] == records[-1]["test_accuracy"]
     assert main(["report", str(out), "--out", str(tmp_path / "table.md")]) == 0
-    assert "| digits | – | mingru | 2 |" in (tmp_path / "table.md").read_text()
+    page = (tmp_path / "table.md").read_text()
+    assert "## digits" in page and "| 1 | – | mingru | 2 | 12 |" in page
+    assert "    1. `python -m experiments run digits --model mingru --steps 12" in page
+    rows = json.loads((tmp_path / "table.json").read_text())["runs"]
+    assert [(r["run"], r["task"], r["steps"]) for r in rows] == [("run", "digits", 12)]
+    # Rows already on the page are kept: another run joins them, the same run replaces itself.
+    other = dict(rows[0], run="elsewhere", model="lru", command="python -m experiments x")
+    (tmp_path / "table.json").write_text(json.dumps({"runs": [other, dict(rows[0], steps=1)]}))
+    assert main(["report", str(out), "--out", str(tmp_path / "table.md")]) == 0
+    rows = json.loads((tmp_path / "table.json").read_text())["runs"]
+    assert sorted((r["run"], r["steps"]) for r in rows) == [("elsewhere", 12), ("run", 12)]
+    page = (tmp_path / "table.md").read_text()
+    assert "| 1 | – | lru | 2 | 12 |" in page and "| 2 | – | mingru | 2 | 12 |" in page
 
 
 def test_lru_report_plots_eigenvalues(tmp_path):
@@ -335,8 +347,8 @@ def test_extrapolate_streams_chunks_to_the_one_call_accuracy(mixer, tmp_path, ca
     rows = [r for r in merged["rows"] if r["length"] != 9]
     assert main(["report", str(out), "--out", str(tmp_path / "table.md")]) == 0
     table = (tmp_path / "table.md").read_text()
-    assert "## Length extrapolation" in table
-    assert f"| induction_heads | {mixer} | 64 |" in table
+    assert "## Length extrapolation" in table and "### induction_heads" in table
+    assert f"| 1, 2 | {mixer} | 64 |" in table
 
     from experiments.cli import _trained_model
 
