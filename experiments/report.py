@@ -260,6 +260,21 @@ def _baseline(base: dict) -> str:
     return f"{base['value']:.3g}"
 
 
+def _model(model: str) -> str:
+    """"lru (lru-no-gamma)" -> "lru-no-gamma": a variant's name already names its model."""
+    return model.split(" (")[1].rstrip(")") if " (" in model else model
+
+
+def _options(row: dict, number: dict[str, int]) -> str:
+    """The task options; a run started from another run of the table names it by its #."""
+    options = row["options"]
+    if ", from " in options or options.startswith("from "):
+        head, _, origin = options.rpartition("from ")
+        if origin in number:
+            options = f"{head}from #{number[origin]}"
+    return options or "–"
+
+
 def _commands(title: str, commands: list[str]) -> list[str]:
     """A collapsed, numbered list of commands (the rows' `#` refer to it)."""
     lines = ["", f'??? note "{title}"', ""]
@@ -282,15 +297,19 @@ def render(data: dict) -> str:
     tasks = list(dict.fromkeys(r["task"] for r in data["runs"]))
     for task in tasks:
         rows = [r for r in data["runs"] if r["task"] == task]
+        number = {r["run"]: i for i, r in enumerate(rows, 1)}
         metric = rows[0]["metric"]
         name = "test MSE" if metric == "test_mse" else "test accuracy"
-        lines += ["", f"## {task}", "", f"Metric: {name}.", ""]
-        lines += ["| # | options | model | depth | steps | ours | baseline |",
-                  "|---:|---|---|---:|---:|---:|---:|"]
+        baselines = list(dict.fromkeys(_baseline(r["baseline"]) for r in rows))
+        lines += ["", f"## {task}", ""]
+        lines += [f"Metric: {name}; a model that ignores its input scores "
+                  + " or ".join(baselines) + "."]
+        lines += ["", "| # | options | model | depth | steps | ours |",
+                  "|---:|---|---|---:|---:|---:|"]
         for i, r in enumerate(rows, 1):
             lines.append(
-                f"| {i} | {r['options'] or '–'} | {r['model']} | {r['depth']} | {r['steps']} | "
-                f"{_shown(r['value'], r['metric'])} | {_baseline(r['baseline'])} |"
+                f"| {i} | {_options(r, number)} | {_model(r['model'])} | {r['depth']} | "
+                f"{r['steps']} | {_shown(r['value'], r['metric'])} |"
             )
         papers = dict.fromkeys((r["model"].split(" ")[0], r["paper"]) for r in rows if r["paper"])
         if papers:
