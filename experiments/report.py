@@ -327,28 +327,27 @@ def render(data: dict) -> str:
         for task in dict.fromkeys(r["task"] for r in data["extrapolation"]):
             rows = [r for r in data["extrapolation"] if r["task"] == task]
             lengths = sorted({int(n) for r in rows for n in r["results"]})
-            lines += ["", f"### {task}", ""]
-            lines += [
-                "| # | model | trained at | " + " | ".join(f"{n:,}" for n in lengths)
-                + " | examples |",
-                "|---:|---|---:|" + "---:|" * len(lengths) + "---|",
-            ]
-            commands = []
+            commands, headers = [], []
             for r in rows:
                 first = len(commands) + 1
                 commands += r["commands"]
-                numbers = ", ".join(str(i) for i in range(first, len(commands) + 1))
+                numbers = ", ".join(f"#{i}" for i in range(first, len(commands) + 1))
+                trained = "" if r["trained_at"] is None else f", trained at {r['trained_at']}"
+                headers.append(f"{r['model']} ({numbers}{trained})")
+            # One row per length, one column per model: long length lists stay narrow.
+            lines += ["", f"### {task}", ""]
+            lines += ["| length | " + " | ".join(headers) + " | test sequences |",
+                      "|---:|" + "---:|" * len(rows) + "---:|"]
+            for n in lengths:
                 cells = [
                     f"{100 * r['results'][str(n)]['accuracy']:.1f} %"
                     if str(n) in r["results"] else "–"
-                    for n in lengths
+                    for r in rows
                 ]
-                examples = sorted({v["examples"] for v in r["results"].values()})
-                trained = "–" if r["trained_at"] is None else r["trained_at"]
-                lines.append(
-                    f"| {numbers} | {r['model']} | {trained} | " + " | ".join(cells)
-                    + f" | {', '.join(map(str, examples))} |"
-                )
+                examples = sorted({r["results"][str(n)]["examples"] for r in rows
+                                   if str(n) in r["results"]})
+                lines.append(f"| {n:,} | " + " | ".join(cells)
+                             + f" | {' / '.join(map(str, examples))} |")
             lines += _commands(f"Commands ({task}, extrapolation)", commands)
     return "\n".join(lines).rstrip("\n") + "\n"
 

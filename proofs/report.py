@@ -5,6 +5,7 @@ import datetime
 import math
 import pathlib
 import platform
+import re
 import shutil
 import textwrap
 from collections.abc import Sequence
@@ -128,11 +129,16 @@ def _details(details: dict, indent: str = "") -> list[str]:
             continue
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             columns = list(dict.fromkeys(k for v in value.values() for k in v))
+            table = {row: {c: cells.get(c, "") for c in columns} for row, cells in value.items()}
+            if len(columns) > 4 and len(columns) > len(table):
+                # Few subjects measured many ways: one column per subject keeps it narrow.
+                table = {c: {row: cells[c] for row, cells in table.items()} for c in columns}
+                columns = list(value)
             lines.append(f"{indent}- {key}:")
             lines.append("")
             lines.append(f"{indent}  | | " + " | ".join(_cell(c) for c in columns) + " |")
             lines.append(f"{indent}  |---|" + "---|" * len(columns))
-            for row, cells in value.items():
+            for row, cells in table.items():
                 lines.append(
                     f"{indent}  | {_cell(row)} | "
                     + " | ".join(_cell(fmt(cells.get(c, ""))) for c in columns)
@@ -149,15 +155,14 @@ def _details(details: dict, indent: str = "") -> list[str]:
 
 def summary_table(results: Sequence[CheckResult]) -> list[str]:
     lines = [
-        "| check | family | claim | source | statistic | threshold | verdict | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| check | family | statistic | threshold | verdict | seconds |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
+        # The claim and its source are in the check's own section (the link).
         cells = [
             f"[{r.name}](#{r.name})",
             r.family,
-            _cell(r.claim),
-            _cell(r.source),
             _cell(f"{r.statistic_name} = {fmt(r.statistic)}"),
             _cell(_requirement(r)),
             f"**{r.verdict}**",
@@ -190,7 +195,8 @@ def render(results: Sequence[CheckResult], *, image_prefix: str, header: Sequenc
             lines += _details(r.details)
             for path in r.figures:
                 name = pathlib.Path(path).name
-                lines += ["", f"![{r.name}]({image_prefix}{name})"]
+                alt = re.sub(r"[\[\]]", "", f"{r.name}: {r.claim}")
+                lines += ["", f"![{alt}]({image_prefix}{name})"]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -450,3 +450,63 @@ def test_pages_render_in_chromium(browser, server):
         fraction_pages += result["fractions"] > 0
     assert fraction_pages >= 2, report
     print(json.dumps(report, indent=1))
+
+
+_INSPECT_LAYOUT = """
+(() => {
+  const article = document.querySelector("article");
+  const wide = [];
+  // Tables sit in a scroll wrapper, display maths scrolls itself: either scrolling sideways
+  // means the reader at this width has to scroll to see a column or a term.
+  const boxes = article.querySelectorAll(
+    ".md-typeset__scrollwrap, math[display='block'], .arithmatex"
+  );
+  for (const box of boxes) {
+    if (box.closest("details:not([open])") !== null) continue;
+    if (box.scrollWidth > box.clientWidth + 1) {
+      wide.push(`${box.tagName.toLowerCase()} ${box.scrollWidth} > ${box.clientWidth}: `
+                + box.textContent.trim().slice(0, 80));
+    }
+  }
+  const images = [...article.querySelectorAll("img")];
+  return {
+    wide: wide,
+    images: images.length,
+    broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
+    unlabelled: images.filter(i => !(i.alt || "").trim()).map(i => i.src),
+  };
+})()
+"""
+
+
+def _every_page(site) -> list[str]:
+    return sorted(
+        path.parent.relative_to(site).as_posix() + "/"
+        for path in site.rglob("index.html")
+        if path.parent != site and not path.parent.name.startswith(("assets", "search"))
+    ) + [""]
+
+
+def test_every_page_fits_1280_pixels_and_its_images_load(browser, server, site):
+    """At a 1,280 px wide window no table, display equation or maths block scrolls sideways,
+    and every image loads and has an alt text."""
+    problems = {}
+    for page in _every_page(site):
+        errors, result = browser(server + page, _INSPECT_LAYOUT)
+        found = [f"console: {e}" for e in errors] + result["wide"]
+        found += [f"image does not load: {src}" for src in result["broken"]]
+        found += [f"image without alt text: {src}" for src in result["unlabelled"]]
+        if found:
+            problems[page or "/"] = found
+    assert not problems, json.dumps(problems, indent=1)
+
+
+def test_no_page_mentions_files_outside_the_repository(site):
+    """The site is read without the team's internal notes: no page may send readers to them."""
+    internal = re.compile(r"\b(THEORY|TASKS|DESIGN|PERFORMANCE|STYLE)\.md\b|THEORY §")
+    found = {
+        str(path.relative_to(site)): sorted(set(internal.findall(path.read_text())))
+        for path in site.rglob("*.html")
+        if internal.search(path.read_text())
+    }
+    assert not found, found

@@ -348,7 +348,8 @@ def test_extrapolate_streams_chunks_to_the_one_call_accuracy(mixer, tmp_path, ca
     assert main(["report", str(out), "--out", str(tmp_path / "table.md")]) == 0
     table = (tmp_path / "table.md").read_text()
     assert "## Length extrapolation" in table and "### induction_heads" in table
-    assert f"| 1, 2 | {mixer} | 64 |" in table
+    assert f"| length | {mixer} (#1, #2, trained at 64) | test sequences |" in table
+    assert "| 37 | " in table and "| 9 | " in table
 
     from experiments.cli import _trained_model
 

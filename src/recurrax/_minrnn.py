@@ -100,8 +100,9 @@ class MinGRU(_AbstractMinRNN):
     r"""minGRU (Feng et al. 2024): gates and candidate depend on the input only, so the
     recurrence is a diagonal linear one, $a_t = 1 - z_t$, $b_t = z_t \odot \tilde h_t$:
 
-    $$z_t = \sigma(\mathrm{Linear}_z(x_t)),\quad \tilde h_t = c(\mathrm{Linear}_h(x_t)),\quad
-    h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t,\quad y_t = h_t,$$
+    $$z_t = \sigma(\mathrm{Linear}_z(x_t)),\quad \tilde h_t = c(\mathrm{Linear}_h(x_t)),$$
+
+    $$h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t,\quad y_t = h_t,$$
 
     with the candidate $c = g$ (the paper's positive, log-trainable form; `candidate="g"`) or
     the identity (`candidate="linear"`).
@@ -192,9 +193,10 @@ class MinLSTM(_AbstractMinRNN):
     r"""minLSTM (Feng et al. 2024):
     $h_t = f'_t \odot h_{t-1} + i'_t \odot \tilde h_t$, $y_t = h_t$, with
 
-    $$f_t = \sigma(\mathrm{Linear}_f(x_t)),\ i_t = \sigma(\mathrm{Linear}_i(x_t)),\
-    f'_t = \frac{f_t}{f_t + i_t},\ i'_t = \frac{i_t}{f_t + i_t},\
-    \tilde h_t = c(\mathrm{Linear}_h(x_t)).$$
+    $$f_t = \sigma(\mathrm{Linear}_f(x_t)),\quad i_t = \sigma(\mathrm{Linear}_i(x_t)),\quad
+    \tilde h_t = c(\mathrm{Linear}_h(x_t)),$$
+
+    $$f'_t = \frac{f_t}{f_t + i_t},\quad i'_t = \frac{i_t}{f_t + i_t}.$$
 
     The normalisation $f' + i' = 1$ makes the output scale independent of time. Computed
     stably as $f' = \sigma(-d)$, $i' = \sigma(d)$ with
