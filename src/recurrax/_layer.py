@@ -180,7 +180,8 @@ class AbstractRecurrentLayer(AbstractMixer):
 
         **Raises:**
 
-        `ValueError` for a bidirectional layer or shapes that do not fit.
+        `ValueError` for a bidirectional layer, shapes that do not fit, a state not shaped
+        like `init_state()`, a non-floating input or a non-bool `reverse`.
         """
         self._check_unidirectional("scan")
         check_bool(type(self).__name__, "reverse", reverse)
@@ -212,7 +213,8 @@ class AbstractRecurrentLayer(AbstractMixer):
 
         **Raises:**
 
-        `ValueError` for a bidirectional layer or shapes that do not fit.
+        `ValueError` for a bidirectional layer, shapes that do not fit, a state not shaped
+        like `init_state()`, a non-floating input or a non-bool `reverse`.
         """
         self._check_unidirectional("step")
         self._check_input(x_t, "x_t", per_step=True)
@@ -251,6 +253,11 @@ class AbstractRecurrentLayer(AbstractMixer):
         The outputs `(length, output_size)`, in the dtype of `x`. For a bidirectional layer,
         the forward and the reverse recurrences (both from `init_state()`) are read out
         together.
+
+        **Raises:**
+
+        `ValueError` naming `x` for a shape that does not fit or a non-floating dtype (an
+        integer input is refused rather than computed in, or cast back to, integers).
         """
         del key
         self._check_input(x, "x", per_step=False)

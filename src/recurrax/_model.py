@@ -277,8 +277,8 @@ class SequenceModel(eqx.Module):
         **Returns:** `(output_size,)` for mean/last pooling, `(length, output_size)` for
         `"none"`; with `state` passed, the pair `(y, state)`.
 
-        **Raises:** `ValueError` for inputs of the wrong shape or dtype, tokens outside
-        `[0, vocab_size)`, a bad mask, or BatchNorm without a state.
+        **Raises:** `ValueError` for inputs of the wrong shape or dtype, an empty sequence,
+        tokens outside `[0, vocab_size)`, a bad mask, or BatchNorm without a state.
         """
         model = self._cast()
         z = model._encode(x, per_step=False)
@@ -309,8 +309,8 @@ class SequenceModel(eqx.Module):
         """Run `x` from the carried streaming state `h`: `(h_last, y)` with per-step outputs
         `(length, output_size)`. Pieces with carried state give the one-call outputs.
 
-        **Raises:** `ValueError` for a bidirectional model, BatchNorm in training mode, or
-        bad inputs."""
+        **Raises:** `ValueError` for a bidirectional model, BatchNorm in training mode, a
+        state `h` without the structure and shapes of `init_state()`, or bad inputs."""
         self._check_streaming(state)
         self._check_carried(h)
         model = self._cast()
