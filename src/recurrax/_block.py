@@ -25,6 +25,7 @@ from ._checks import check_positive_int
 from ._dtypes import default_float
 from ._mixer import AbstractMixer, check_mask, zero_masked
 from ._norm import AbstractNorm, BatchNorm, LayerNorm, RMSNorm
+from ._validate import check_array, check_real, check_real_floating, check_state
 
 
 NormName = Literal["layer", "rms", "batch"]
@@ -108,12 +109,15 @@ class CausalDepthwiseConv(eqx.Module):
     ) -> tuple[Float[Array, "history features"], Float[Array, "length features"]]:
         """`(h_last, y)` from the carried history `h` (oldest first); masked steps are
         skipped and output zeros."""
+        check_array("CausalDepthwiseConv", "x", x)
         length = x.shape[0]
         if x.ndim != 2 or x.shape[1] != self.features:
             raise ValueError(
                 f"CausalDepthwiseConv: `x` must have shape (length, {self.features}), got "
                 f"shape {tuple(x.shape)}."
             )
+        check_real_floating("CausalDepthwiseConv", "x", x)
+        check_state("CausalDepthwiseConv", "h", h, jax.eval_shape(self.init_state))
         check_mask("CausalDepthwiseConv", mask, length)
         h = h.astype(x.dtype)
         if mask is not None:
@@ -161,11 +165,13 @@ class AbstractBlock(eqx.Module):
         """`(y, state, h)`: the body; `h is None` for the full call (either direction)."""
 
     def _check(self, x, mask):
+        check_array(type(self).__name__, "x", x)
         if x.ndim != 2 or x.shape[1] != self.d_model:
             raise ValueError(
                 f"{type(self).__name__}: `x` must have shape (length, {self.d_model}), got "
                 f"shape {tuple(x.shape)}."
             )
+        check_real_floating(type(self).__name__, "x", x)
         check_mask(type(self).__name__, mask, x.shape[0])
 
     def _check_streaming(self):
@@ -204,6 +210,7 @@ class AbstractBlock(eqx.Module):
         call. **Raises:** `ValueError` for a bidirectional mixer."""
         self._check_streaming()
         self._check(x, mask)
+        check_state(type(self).__name__, "h", h, jax.eval_shape(self.init_state))
         y, state, h = self._forward(x, state, h, mask, key)
         return h, y, state
 
@@ -444,5 +451,5 @@ def _check_mixer(owner: str, mixer) -> None:
 
 
 def _check_rate(owner: str, rate: float) -> None:
-    if not 0 <= rate < 1:
+    if not 0 <= check_real(owner, "dropout", rate) < 1:
         raise ValueError(f"{owner}: `dropout` must be in [0, 1), got dropout={rate!r}.")

@@ -415,6 +415,14 @@ def _read_header(file: Any, path: pathlib.Path) -> tuple[dict, int]:
             f"{_FORMAT!r}."
         )
     version = header.get("format_version")
+    if version != _FORMAT_VERSION and header.get("header_sha256") != _header_digest(
+        {k: v for k, v in header.items() if k != "header_sha256"}
+    ):
+        raise _UnreadableCheckpoint(
+            f"Checkpoint file '{path}' is corrupted: its header does not match the SHA-256 "
+            f"recorded in it (it reads format_version={version!r}; this recurrax writes and "
+            f"reads format version {_FORMAT_VERSION})."
+        )
     if version != _FORMAT_VERSION:
         raise _UnreadableCheckpoint(
             f"Checkpoint file '{path}' was written in format version {version!r} (by recurrax "

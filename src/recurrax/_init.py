@@ -3,6 +3,7 @@ continuous diagonal state-space layers."""
 
 import abc
 import math
+import numbers
 
 import equinox as eqx
 import jax
@@ -14,6 +15,9 @@ from ._dtypes import default_float
 
 
 def check_ring_arguments(r_min, r_max, max_phase):
+    for name, value in (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise ValueError(f"`{name}` must be a real number, got {name}={value!r:.80}.")
     if not (0.0 <= r_min < r_max <= 1.0):
         raise ValueError(
             f"the ring needs 0 <= r_min < r_max <= 1, got r_min={r_min!r}, r_max={r_max!r}."
@@ -75,15 +79,30 @@ def ring_init(
         print(bool(jnp.all((radius >= 0.9) & (radius <= 0.999))))  # True
         ```
     """
-    if not (isinstance(state_size, int) and state_size > 0):
+    if not (
+        isinstance(state_size, (int, np.integer))
+        and not isinstance(state_size, bool)
+        and state_size > 0
+    ):
         raise ValueError(f"`state_size` must be a positive integer, got state_size={state_size!r}.")
     check_ring_arguments(r_min, r_max, max_phase)
     dtype = default_float(dtype)
     k1, k2 = jax.random.split(key)
     u1 = _open_uniform(k1, (state_size,), dtype)
     u2 = _open_uniform(k2, (state_size,), dtype)
-    radius_sq = u1 * (r_max**2 - r_min**2) + r_min**2
-    nu = -0.5 * jnp.log(radius_sq)
+    # nu = -log(r^2) / 2 with r^2 = u1 (r_max^2 - r_min^2) + r_min^2. Near r = 1, r^2 rounds
+    # to 1 (nu = 0, nu_log = -inf) in float32 for r_min > 1 - 3e-8: there log1p(-(1 - r^2))
+    # with 1 - r^2 = (1 - r_max^2) + (1 - u1)(r_max^2 - r_min^2), a sum of non-negative
+    # terms (the second positive as u1 < 1) computed without cancellation.
+    width = float(r_max) ** 2 - float(r_min) ** 2
+    radius_sq = u1 * width + float(r_min) ** 2
+    one_minus = (1.0 - float(r_max) ** 2) + (1.0 - u1) * width
+    near_one = radius_sq > 0.5
+    nu = -0.5 * jnp.where(
+        near_one,
+        jnp.log1p(-jnp.where(near_one, one_minus, 0.5)),
+        jnp.log(jnp.where(near_one, 0.5, radius_sq)),
+    )
     theta = max_phase * u2
     return jnp.log(nu), jnp.log(theta)
 

@@ -18,6 +18,7 @@ from ._dtypes import working_dtype
 from ._mixer import AbstractMixer, check_mask, zero_masked
 from ._recurrence import linear_recurrence, log_linear_recurrence
 from ._scan import AbstractScan
+from ._validate import check_array, check_bool, check_real_floating, check_state
 
 
 class AbstractRecurrentLayer(AbstractMixer):
@@ -81,19 +82,16 @@ class AbstractRecurrentLayer(AbstractMixer):
     def _check_input(self, x, name: str, *, per_step: bool) -> None:
         expected = "(input_size,)" if per_step else "(length, input_size)"
         ndim = 1 if per_step else 2
+        check_array(type(self).__name__, name, x)
         if x.ndim != ndim or x.shape[-1] != self.input_size:
             raise ValueError(
                 f"{type(self).__name__}: `{name}` must have shape {expected} with "
                 f"input_size={self.input_size}, got shape {tuple(x.shape)}."
             )
+        check_real_floating(type(self).__name__, name, x)
 
     def _check_state(self, h) -> None:
-        expected = jax.eval_shape(self.init_state)
-        if h.shape != expected.shape:
-            raise ValueError(
-                f"{type(self).__name__}: the state `h` must have shape {tuple(expected.shape)}, "
-                f"got shape {tuple(h.shape)}."
-            )
+        check_state(type(self).__name__, "h", h, jax.eval_shape(self.init_state))
 
     def _check_unidirectional(self, what: str) -> None:
         if self.bidirectional:
@@ -182,9 +180,11 @@ class AbstractRecurrentLayer(AbstractMixer):
 
         **Raises:**
 
-        `ValueError` for a bidirectional layer or shapes that do not fit.
+        `ValueError` for a bidirectional layer, shapes that do not fit, a state not shaped
+        like `init_state()`, a non-floating input or a non-bool `reverse`.
         """
         self._check_unidirectional("scan")
+        check_bool(type(self).__name__, "reverse", reverse)
         self._check_input(x, "x", per_step=False)
         check_mask(type(self).__name__, mask, x.shape[0])
         self._check_state(h)
@@ -213,7 +213,8 @@ class AbstractRecurrentLayer(AbstractMixer):
 
         **Raises:**
 
-        `ValueError` for a bidirectional layer or shapes that do not fit.
+        `ValueError` for a bidirectional layer, shapes that do not fit, a state not shaped
+        like `init_state()`, a non-floating input or a non-bool `reverse`.
         """
         self._check_unidirectional("step")
         self._check_input(x_t, "x_t", per_step=True)
@@ -252,6 +253,11 @@ class AbstractRecurrentLayer(AbstractMixer):
         The outputs `(length, output_size)`, in the dtype of `x`. For a bidirectional layer,
         the forward and the reverse recurrences (both from `init_state()`) are read out
         together.
+
+        **Raises:**
+
+        `ValueError` naming `x` for a shape that does not fit or a non-floating dtype (an
+        integer input is refused rather than computed in, or cast back to, integers).
         """
         del key
         self._check_input(x, "x", per_step=False)

@@ -15,6 +15,7 @@ from ._layer import complex_projection, real_readout
 from ._lti import AbstractLTILayer, mimo_kernel
 from ._scan import AbstractScan
 from ._system import DiscreteDiagonalSystem
+from ._validate import check_bool
 
 
 def stability_floor(dtype) -> float:
@@ -153,6 +154,7 @@ class LRU(AbstractLTILayer):
         """
         check_positive_int("LRU", "input_size", input_size)
         check_positive_int("LRU", "state_size", state_size)
+        check_bool("LRU", "bidirectional", bidirectional)
         try:
             check_ring_arguments(r_min, r_max, max_phase)
         except ValueError as error:
@@ -183,8 +185,12 @@ class LRU(AbstractLTILayer):
         return jnp.exp(jax.lax.complex(-nu, jnp.exp(theta_log)))
 
     def _input_weights(self) -> tuple[Array, Array]:
-        gamma = jnp.exp(self.gamma_log)[:, None]
-        return gamma * self.B_re, gamma * self.B_im
+        # gamma_log may be float32 with a bfloat16 B (SequenceModel's compute_dtype keeps the
+        # transition's parameters): the product in B's dtype, from gamma at full precision.
+        gamma = jnp.exp(as_working(self.gamma_log))[:, None]
+        return (gamma * as_working(self.B_re)).astype(self.B_re.dtype), (
+            gamma * as_working(self.B_im)
+        ).astype(self.B_im.dtype)
 
     def _output_matrix(self, reverse: bool) -> Complex[Array, "input state"]:
         n = self.state_size

@@ -13,6 +13,7 @@ from ._checks import check_positive_int
 from ._dtypes import as_working, default_float, working_dtype
 from ._layer import AbstractRecurrentLayer
 from ._scan import AbstractScan
+from ._validate import check_bool, check_real
 
 
 _CANDIDATES = ("g", "linear")
@@ -34,6 +35,7 @@ def log_g(x: Float[Array, "..."]) -> Float[Array, "..."]:
 def _check_common(owner, input_size, hidden_size, candidate, log_space):
     check_positive_int(owner, "input_size", input_size)
     check_positive_int(owner, "hidden_size", hidden_size)
+    check_bool(owner, "log_space", log_space)
     if candidate not in _CANDIDATES:
         raise ValueError(
             f"{owner}: `candidate` must be one of {_CANDIDATES}, got candidate={candidate!r}."
@@ -52,6 +54,7 @@ def _gate_logit(k_f: Array, k_i: Array) -> Array:
 
 
 def _check_initial(owner, learn_initial_state, log_space):
+    check_bool(owner, "learn_initial_state", learn_initial_state)
     if learn_initial_state and log_space:
         raise ValueError(
             f"{owner}: learn_initial_state=True needs log_space=False: a trained initial state "
@@ -261,7 +264,7 @@ class MinLSTM(_AbstractMinRNN):
         """
         _check_common("MinLSTM", input_size, hidden_size, candidate, log_space)
         _check_initial("MinLSTM", learn_initial_state, log_space)
-        if not math.isfinite(forget_bias):
+        if not math.isfinite(check_real("MinLSTM", "forget_bias", forget_bias)):
             raise ValueError(f"MinLSTM: `forget_bias` must be finite, got {forget_bias!r}.")
         dtype = default_float(dtype)
         kf, ki, kh = jax.random.split(key, 3)

@@ -20,11 +20,19 @@ from ._mixer import AbstractMixer, Bidirectional, check_mask
 from ._norm import AbstractNorm, BatchNorm
 from ._rnn import GRU, LSTM
 from ._ssm import DiagonalSSM
+from ._validate import check_array, check_bool, check_real, check_state
 
 
 Pooling = Literal["mean", "last", "none"]
 _POOLINGS = ("mean", "last", "none")
 _sentinel: Any = object()
+
+# The parameters that make a recurrence's transition (its eigenvalues, and the LRU's input
+# normalisation): `compute_dtype` leaves them in their own dtype.
+_TRANSITION_FIELDS = {
+    LRU: ("nu_log", "theta_log", "gamma_log"),
+    DiagonalSSM: ("Lambda_re_log", "Lambda_im", "log_step"),
+}
 
 
 def _is_float(x) -> bool:
@@ -55,7 +63,10 @@ class SequenceModel(eqx.Module):
     **Precision:** `compute_dtype` (e.g. `jnp.bfloat16`) casts the floating parameters to
     that dtype inside every call (float32 master parameters, low-precision activations); a
     model built with `bfloat16` parameters computes in bfloat16 throughout. Either way the
-    recurrences are accumulated in float32.
+    recurrences are accumulated in float32. `compute_dtype` leaves the parameters of the
+    recurrences' transitions (the LRU's `nu_log`, `theta_log`, `gamma_log`; the SSM's
+    `Lambda_re_log`, `Lambda_im`, `log_step`) in their own dtype, so a bfloat16 model has
+    the eigenvalues of its float32 parameters.
 
     **Fields:** `encoder`, `blocks` (a tuple of [`recurrax.AbstractBlock`][]), `final_norm`,
     `head` (`eqx.nn.Linear(d_model, output_size)`), `pooling`, `compute_dtype`.
@@ -155,14 +166,35 @@ class SequenceModel(eqx.Module):
     # -- internals -----------------------------------------------------------------------
 
     def _cast(self) -> "SequenceModel":
+        """The model with its floating parameters in `compute_dtype`, except those that make
+        a recurrence's transition (`TRANSITION_FIELDS`), which keep their dtype: rounding
+        $\nu_{\log}$ to bfloat16 would move $|\lambda| = 0.9999$ by percents."""
         if self.compute_dtype is None:
             return self
         dtype = np.dtype(self.compute_dtype)
-        return jax.tree.map(lambda p: p.astype(dtype) if _is_float(p) else p, self)
+
+        def cast(p):
+            return p.astype(dtype) if _is_float(p) else p
+
+        def cast_node(node):
+            if not isinstance(node, tuple(_TRANSITION_FIELDS)):
+                return cast(node)
+            names = [
+                n for cls, ns in _TRANSITION_FIELDS.items() if isinstance(node, cls) for n in ns
+            ]
+            kept = [getattr(node, n) for n in names]
+            return eqx.tree_at(
+                lambda m: [getattr(m, n) for n in names], jax.tree.map(cast, node), kept
+            )
+
+        return jax.tree.map(
+            cast_node, self, is_leaf=lambda n: isinstance(n, tuple(_TRANSITION_FIELDS))
+        )
 
     def _encode(self, x, *, per_step: bool):
         owner = "SequenceModel"
         name = "x_t" if per_step else "x"
+        check_array(owner, name, x)
         if isinstance(self.encoder, eqx.nn.Embedding):
             expected = "()" if per_step else "(length,)"
             if x.ndim != (0 if per_step else 1) or not jnp.issubdtype(x.dtype, jnp.integer):
@@ -222,6 +254,9 @@ class SequenceModel(eqx.Module):
                 "SequenceModel: this model has BatchNorm; pass its `state` (running statistics)."
             )
 
+    def _check_carried(self, h):
+        check_state("SequenceModel", "h", h, jax.eval_shape(self.init_state))
+
     # -- the public calls ----------------------------------------------------------------
 
     def __call__(
@@ -242,12 +277,18 @@ class SequenceModel(eqx.Module):
         **Returns:** `(output_size,)` for mean/last pooling, `(length, output_size)` for
         `"none"`; with `state` passed, the pair `(y, state)`.
 
-        **Raises:** `ValueError` for inputs of the wrong shape or dtype, tokens outside
-        `[0, vocab_size)`, a bad mask, or BatchNorm without a state.
+        **Raises:** `ValueError` for inputs of the wrong shape or dtype, an empty sequence,
+        tokens outside `[0, vocab_size)`, a bad mask, or BatchNorm without a state.
         """
         model = self._cast()
         z = model._encode(x, per_step=False)
         check_mask("SequenceModel", mask, z.shape[0])
+        if z.shape[0] == 0:
+            raise ValueError(
+                "SequenceModel: `x` is an empty sequence (length 0); a model call needs at "
+                "least one step (pooling and normalisation over no steps are undefined). To "
+                "carry a streaming state through an empty piece, use `scan`."
+            )
         z, new_state, _ = model._body(z, None if state is _sentinel else state, None, mask, key)
         y = _pool(self.pooling, z, mask)
         y = _dense(model.head, y[None])[0] if y.ndim == 1 else _dense(model.head, y)
@@ -268,9 +309,10 @@ class SequenceModel(eqx.Module):
         """Run `x` from the carried streaming state `h`: `(h_last, y)` with per-step outputs
         `(length, output_size)`. Pieces with carried state give the one-call outputs.
 
-        **Raises:** `ValueError` for a bidirectional model, BatchNorm in training mode, or
-        bad inputs."""
+        **Raises:** `ValueError` for a bidirectional model, BatchNorm in training mode, a
+        state `h` without the structure and shapes of `init_state()`, or bad inputs."""
         self._check_streaming(state)
+        self._check_carried(h)
         model = self._cast()
         z = model._encode(x, per_step=False)
         check_mask("SequenceModel", mask, z.shape[0])
@@ -286,6 +328,7 @@ class SequenceModel(eqx.Module):
     ) -> tuple[PyTree[Array], Float[Array, " output"]]:
         """One token or feature vector: `(h, y_t)`, `y_t` of shape `(output_size,)`."""
         self._check_streaming(state)
+        self._check_carried(h)
         model = self._cast()
         z = model._encode(x_t, per_step=True)
         z, _, h = model._body(z[None], state, h, None, None)
@@ -317,7 +360,8 @@ def _pool(pooling: str, z, mask):
     count = jnp.sum(weights)
     if pooling == "mean":
         return jnp.sum(z * weights[:, None], axis=0) / jnp.maximum(count, jnp.ones((), z.dtype))
-    last = jnp.maximum(jnp.sum(mask.astype(jnp.int32)) - 1, 0)
+    # The last valid position, wherever the valid steps are (left padding, holes).
+    last = jnp.max(jnp.where(mask, jnp.arange(mask.shape[0]), 0))
     return jnp.where(count > 0, z[last], jnp.zeros((), z.dtype))
 
 
@@ -413,7 +457,14 @@ class ModelConfig:
                 f"expansion={self.expansion}, conv_kernel={self.conv_kernel}, "
                 f"mlp_expansion={self.mlp_expansion} (use block='mlp')."
             )
-        if not 0 <= self.dropout < 1:
+        for name in ("prenorm", "final_norm", "bidirectional"):
+            check_bool(owner, name, getattr(self, name))
+        if not isinstance(self.mixer_options, dict):
+            raise ValueError(
+                f"{owner}: `mixer_options` must be a dict of the mixer's keyword arguments, got "
+                f"mixer_options={self.mixer_options!r:.80}."
+            )
+        if not 0 <= check_real(owner, "dropout", self.dropout) < 1:
             raise ValueError(f"{owner}: `dropout` must be in [0, 1), got dropout={self.dropout!r}.")
         for name in ("param_dtype", "compute_dtype"):
             value = getattr(self, name)

@@ -16,6 +16,8 @@ from jaxtyping import Array, Bool, Float
 
 from ._checks import check_positive_int
 from ._dtypes import as_working, default_float
+from ._mixer import check_mask
+from ._validate import check_array, check_real_floating
 
 
 class AbstractNorm(eqx.Module):
@@ -35,11 +37,14 @@ class AbstractNorm(eqx.Module):
         """Normalise `x`; `mask` marks the valid steps (only BatchNorm's statistics use it)."""
 
 
-def _check_features(owner: str, x, features: int) -> None:
+def _check_features(owner: str, x, features: int, mask) -> None:
+    check_array(owner, "x", x)
     if x.ndim != 2 or x.shape[-1] != features:
         raise ValueError(
             f"{owner}: `x` must have shape (length, {features}), got shape {tuple(x.shape)}."
         )
+    check_real_floating(owner, "x", x)
+    check_mask(owner, mask, x.shape[0])
 
 
 def _check_eps(owner: str, eps: float) -> None:
@@ -77,7 +82,7 @@ class LayerNorm(AbstractNorm):
         mask: Bool[Array, " length"] | None = None,
     ) -> tuple[Float[Array, "length features"], eqx.nn.State | None]:
         """`(y, state)`, `y` of the shape and dtype of `x`; `state` passes through."""
-        _check_features("LayerNorm", x, self.features)
+        _check_features("LayerNorm", x, self.features, mask)
         z = as_working(x)
         mean = jnp.mean(z, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(z - mean), axis=-1, keepdims=True)
@@ -112,7 +117,7 @@ class RMSNorm(AbstractNorm):
         mask: Bool[Array, " length"] | None = None,
     ) -> tuple[Float[Array, "length features"], eqx.nn.State | None]:
         """`(y, state)`, `y` of the shape and dtype of `x`; `state` passes through."""
-        _check_features("RMSNorm", x, self.features)
+        _check_features("RMSNorm", x, self.features, mask)
         z = as_working(x)
         y = z * lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + self.eps)
         return (y * as_working(self.weight)[None]).astype(x.dtype), state
@@ -203,7 +208,7 @@ class BatchNorm(AbstractNorm):
         **Raises:** `ValueError` if `state` is `None` (build the model with
         `equinox.nn.make_with_state` and pass its state) or the batch axis is unbound.
         """
-        _check_features("BatchNorm", x, self.features)
+        _check_features("BatchNorm", x, self.features, mask)
         if state is None:
             raise ValueError(
                 "BatchNorm: `state` is None; build the model with equinox.nn.make_with_state "

@@ -9,8 +9,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Inexact
 
 from ._dtypes import working_dtype
-from ._scan import AbstractScan, AutoScan
+from ._scan import AbstractScan, arrays_platform, AutoScan
 from ._semiring import LINEAR, LOG
+from ._validate import check_bool
 
 
 def _describe(name: str, x) -> str:
@@ -102,6 +103,16 @@ def _check_method(fn, method):
             f"{fn}: `method` must be a scan strategy such as recurrax.ChunkedScan(), got "
             f"method={method!r}."
         )
+    return method
+
+
+def _resolve(method: AbstractScan, *arrays) -> AbstractScan:
+    """An `AutoScan` given concrete arrays becomes the strategy for the platform they live on
+    (under tracing it stays automatic and picks when the computation is lowered)."""
+    if isinstance(method, AutoScan):
+        platform = arrays_platform(*arrays)
+        if platform is not None:
+            return method.choose(arrays[1].shape[0], platform=platform)
     return method
 
 
@@ -203,7 +214,9 @@ def linear_recurrence(
     """
     fn = "linear_recurrence"
     method = _check_method(fn, method)
+    check_bool(fn, "reverse", reverse)
     a, b, h0 = _prepare(fn, a, b, h0, complex_ok=True)
+    method = _resolve(method, a, b, h0)
     if b.shape[0] == 0:
         return b
     return _solve_linear(method, a, b, h0, bool(reverse))
@@ -292,6 +305,7 @@ def log_linear_recurrence(
     """
     fn = "log_linear_recurrence"
     method = _check_method(fn, method)
+    check_bool(fn, "reverse", reverse)
     log_a, log_b, log_h0 = _prepare(
         fn,
         log_a,
@@ -302,6 +316,7 @@ def log_linear_recurrence(
         b_name="log_b",
         h0_name="log_h0",
     )
+    method = _resolve(method, log_a, log_b, log_h0)
     if log_h0 is None:
         log_h0 = jnp.full(log_b.shape[1:], -jnp.inf, log_b.dtype)
     if log_b.shape[0] == 0:

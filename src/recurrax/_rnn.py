@@ -12,6 +12,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from ._checks import check_positive_int
 from ._dtypes import as_working, default_float, working_dtype
 from ._mixer import AbstractMixer, check_mask
+from ._validate import check_array, check_bool, check_real_floating, check_state
 
 
 def _check_sizes(owner, input_size, hidden_size):
@@ -45,11 +46,20 @@ def _run(owner, cell, weight_hh, state, x, gi, reverse, mask, output):
 def _check_input(owner, x, input_size, per_step):
     ndim, expected = (1, "(input_size,)") if per_step else (2, "(length, input_size)")
     name = "x_t" if per_step else "x"
+    check_array(owner, name, x)
     if x.ndim != ndim or x.shape[-1] != input_size:
         raise ValueError(
             f"{owner}: `{name}` must have shape {expected} with input_size={input_size}, got "
             f"shape {tuple(x.shape)}."
         )
+    check_real_floating(owner, name, x)
+
+
+def _check_scan(mixer, name, state, reverse):
+    """The carried state shaped like `init_state()`, and a bool `reverse`."""
+    owner = type(mixer).__name__
+    check_bool(owner, "reverse", reverse)
+    check_state(owner, name, state, jax.eval_shape(mixer.init_state))
 
 
 class GRU(AbstractMixer):
@@ -129,6 +139,7 @@ class GRU(AbstractMixer):
         input projections hoisted out of the loop; masked steps keep the state and output
         zeros."""
         _check_input("GRU", x, self.input_size, per_step=False)
+        _check_scan(self, "h", h, reverse)
         h = as_working(h)
         gi = x @ self.weight_ih.T + self.bias[None]
         return _run("GRU", self._cell, self.weight_hh, h, x, gi, reverse, mask, lambda h: h)
@@ -221,6 +232,7 @@ class LSTM(AbstractMixer):
         the input projections hoisted out of the loop; masked steps keep the state and output
         zeros."""
         _check_input("LSTM", x, self.input_size, per_step=False)
+        _check_scan(self, "state", state, reverse)
         state = (as_working(state[0]), as_working(state[1]))
         gi = x @ self.weight_ih.T + self.bias[None]
         return _run("LSTM", self._cell, self.weight_hh, state, x, gi, reverse, mask, lambda s: s[0])

@@ -12,6 +12,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from ._semiring import AbstractSemiring
@@ -19,6 +20,23 @@ from ._semiring import AbstractSemiring
 
 def _time_invariant(a: Array, b: Array) -> bool:
     return a.ndim == b.ndim - 1
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def arrays_platform(*arrays) -> str | None:
+    """The platform (`"cpu"`, `"gpu"`, `"tpu"`, ...) the given concrete arrays live on, or
+    `None` under tracing or when they span several platforms (`None` entries are skipped)."""
+    platforms = set()
+    for x in arrays:
+        if x is None:
+            continue
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            return None
+        platforms.update(device.platform for device in x.devices())
+    return platforms.pop() if len(platforms) == 1 else None
 
 
 class AbstractScan(eqx.Module):
@@ -71,8 +89,10 @@ class SequentialScan(AbstractScan):
     unroll: int = eqx.field(default=1, static=True)
 
     def __check_init__(self):
-        if self.unroll < 1:
-            raise ValueError(f"SequentialScan: `unroll` must be >= 1, got unroll={self.unroll}.")
+        if not _is_int(self.unroll) or self.unroll < 1:
+            raise ValueError(
+                f"SequentialScan: `unroll` must be an integer >= 1, got unroll={self.unroll!r}."
+            )
 
     def solve(self, semiring, a, b, h0, *, reverse):
         if _time_invariant(a, b):
@@ -153,10 +173,10 @@ class ChunkedScan(AbstractScan):
     chunk_size: int | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        if self.chunk_size is not None and self.chunk_size < 1:
+        if self.chunk_size is not None and not (_is_int(self.chunk_size) and self.chunk_size >= 1):
             raise ValueError(
                 f"ChunkedScan: `chunk_size` must be a positive integer or None, got "
-                f"chunk_size={self.chunk_size}."
+                f"chunk_size={self.chunk_size!r}."
             )
 
     def solve(self, semiring, a, b, h0, *, reverse):
@@ -234,23 +254,48 @@ class ChunkedScan(AbstractScan):
 
 
 class AutoScan(AbstractScan):
-    r"""The default strategy: chooses by platform and shape from measurements.
+    r"""The default strategy: chooses by the platform the computation runs on, and by shape,
+    from measurements.
 
-    - CPU: [`recurrax.SequentialScan`][] for $L \le 256$, otherwise
+    - CPU: [`recurrax.SequentialScan`][] for $L \le$ `sequential_below` (256), otherwise
         [`recurrax.ChunkedScan`][] with the default chunk size (measured by
         `python -m experiments speed engine`; see the performance page).
     - GPU and TPU: [`recurrax.AssociativeScan`][], the usual choice on accelerators.
+
+    The platform is that of the arrays, not JAX's default backend: concrete arrays are
+    solved where they live, and under `jax.jit` the choice is made when the computation is
+    lowered for its device (`jax.lax.platform_dependent`), so CPU arrays on a GPU machine
+    get the CPU strategy.
     """
 
     sequential_below: int = eqx.field(default=256, static=True)
 
-    def choose(self, length: int) -> AbstractScan:
-        """The strategy used for a sequence of `length` steps on the default backend."""
-        if jax.default_backend() == "cpu":
+    def __check_init__(self):
+        if not _is_int(self.sequential_below) or self.sequential_below < 0:
+            raise ValueError(
+                f"AutoScan: `sequential_below` must be a non-negative integer, got "
+                f"sequential_below={self.sequential_below!r}."
+            )
+
+    def choose(self, length: int, platform: str | None = None) -> AbstractScan:
+        """The strategy used for a sequence of `length` steps on `platform` (`"cpu"`,
+        `"gpu"`, `"tpu"`, ...; `None`: JAX's default backend)."""
+        if platform is None:
+            platform = jax.default_backend()
+        if platform == "cpu":
             if length <= self.sequential_below:
                 return SequentialScan()
             return ChunkedScan()
         return AssociativeScan()
 
     def solve(self, semiring, a, b, h0, *, reverse):
-        return self.choose(b.shape[0]).solve(semiring, a, b, h0, reverse=reverse)
+        length = b.shape[0]
+        platform = arrays_platform(a, b, h0)
+        if platform is not None:
+            return self.choose(length, platform).solve(semiring, a, b, h0, reverse=reverse)
+
+        def by(method):
+            return lambda a, b, h0: method.solve(semiring, a, b, h0, reverse=reverse)
+
+        cpu, accelerator = self.choose(length, "cpu"), self.choose(length, "gpu")
+        return lax.platform_dependent(a, b, h0, cpu=by(cpu), default=by(accelerator))

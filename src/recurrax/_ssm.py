@@ -18,6 +18,7 @@ from ._lru import LRU
 from ._lti import AbstractLTILayer, depthwise_kernel, mimo_kernel
 from ._scan import AbstractScan
 from ._system import ContinuousDiagonalSystem, DiscreteDiagonalSystem
+from ._validate import check_bool, check_real
 
 
 _DELTAS = ("per_state", "per_feature")
@@ -126,6 +127,13 @@ class DiagonalSSM(AbstractLTILayer):
         check_positive_int("DiagonalSSM", "state_size", state_size)
         if delta not in _DELTAS:
             raise ValueError(f"DiagonalSSM: `delta` must be one of {_DELTAS}, got delta={delta!r}.")
+        for name, flag in (
+            ("bidirectional", bidirectional),
+            ("conjugate_symmetric", conjugate_symmetric),
+        ):
+            check_bool("DiagonalSSM", name, flag)
+        step_min = check_real("DiagonalSSM", "step_min", step_min)
+        step_max = check_real("DiagonalSSM", "step_max", step_max)
         if not (0 < step_min <= step_max < np.inf):
             raise ValueError(
                 f"DiagonalSSM: the step range needs 0 < step_min <= step_max < inf, got "

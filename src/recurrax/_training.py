@@ -177,7 +177,7 @@ def param_labels(
 
 def _real(value) -> float | None:
     """`value` as a float if it is a real number (not a bool), else `None`."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):  # float("1e-3") would accept a string
         return None
     try:
         return float(value) if np.ndim(value) == 0 and np.isrealobj(value) else None
