@@ -1,5 +1,6 @@
 """Command line: `python -m experiments list`, `run TASK --model MODEL`, `campaign NAME`,
-`extrapolate RUN_FOLDER`, `report`, `speed {engine,lru,minrnn}`, `accuracy {engine,minrnn}`."""
+`extrapolate RUN_FOLDER`, `report`,
+`speed {engine,lru,minrnn,nonlinear}`, `accuracy {engine,minrnn}`."""
 
 import argparse
 import sys
@@ -90,6 +91,20 @@ def _parser() -> argparse.ArgumentParser:
     minrnn.add_argument(
         "--out", default="docs/results/speed-minrnn.md", help="markdown file (PNG beside it)"
     )
+    nonlinear = which.add_parser(
+        "nonlinear",
+        help="a GRU evaluated in parallel by (quasi-)DEER against the sequential GRU, minGRU "
+        "and the LRU; training on digits, then forward+backward time against length",
+    )
+    nonlinear.add_argument("--lengths", type=int, nargs="+", help="sequence lengths to time")
+    nonlinear.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    nonlinear.add_argument(
+        "--train-steps", type=int, default=600,
+        help="training steps of the digits comparison (0: skip it and the trained GRU)",
+    )
+    nonlinear.add_argument(
+        "--out", default="docs/results/speed-nonlinear.md", help="markdown file (PNG beside it)"
+    )
     accuracy = commands.add_parser("accuracy", help="float32 accuracy measurements")
     which_acc = accuracy.add_subparsers(dest="which", required=True)
     acc = which_acc.add_parser("engine", help="every strategy against a float64 loop")
@@ -134,6 +149,10 @@ def main(argv=None) -> int:
         from . import speed_minrnn
 
         return speed_minrnn.run(args)
+    if args.command == "speed" and args.which == "nonlinear":
+        from . import speed_nonlinear
+
+        return speed_nonlinear.run(args)
     if args.command == "accuracy" and args.which == "minrnn":
         from . import accuracy_minrnn
 

@@ -401,3 +401,15 @@ def test_init_from_starts_where_another_run_ended(tmp_path, capsys):
     assert "init_from" in capsys.readouterr().err
     assert main(base + ["--init-from", str(tmp_path / "nothing")]) == 2
     assert "init_from" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_speed_nonlinear_command_writes_its_tables(tmp_path):
+    out = tmp_path / "nonlinear.md"
+    args = ["speed", "nonlinear", "--lengths", "16", "--repeats", "1", "--train-steps", "2"]
+    assert main(args + ["--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Training on sequential digits" in text and (tmp_path / "nonlinear.png").exists()
+    for name in ("GRU, quasi-DEER", "GRU N=16, DEER", "minGRU", "trained GRU, quasi-DEER"):
+        assert f"| {name} |" in text
+    assert "python -m experiments speed nonlinear --lengths 16 --repeats 1 --train-steps 2" in text

@@ -42,6 +42,15 @@ from ._lti import AbstractLTILayer as AbstractLTILayer, mimo_kernel as mimo_kern
 from ._minrnn import g as g, log_g as log_g, MinGRU as MinGRU, MinLSTM as MinLSTM
 from ._mixer import AbstractMixer as AbstractMixer, Bidirectional as Bidirectional
 from ._model import ModelConfig as ModelConfig, SequenceModel as SequenceModel
+from ._nonlinear import (
+    AbstractNewtonSolver as AbstractNewtonSolver,
+    AbstractNonlinearSolver as AbstractNonlinearSolver,
+    DampedQuasiDEER as DampedQuasiDEER,
+    DEER as DEER,
+    nonlinear_recurrence as nonlinear_recurrence,
+    QuasiDEER as QuasiDEER,
+    Sequential as Sequential,
+)
 from ._norm import (
     AbstractNorm as AbstractNorm,
     BatchNorm as BatchNorm,

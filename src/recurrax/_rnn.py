@@ -12,6 +12,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from ._checks import check_positive_int
 from ._dtypes import as_working, default_float, working_dtype
 from ._mixer import AbstractMixer, check_mask
+from ._nonlinear import AbstractNonlinearSolver, nonlinear_recurrence, Sequential
 from ._validate import check_array, check_bool, check_real_floating, check_state
 
 
@@ -41,6 +42,51 @@ def _run(owner, cell, weight_hh, state, x, gi, reverse, mask, output):
         return state, jnp.where(m_t, y, jnp.zeros((), y.dtype)).astype(x.dtype)
 
     return lax.scan(body, state, (gi, mask), reverse=reverse)
+
+
+def _check_solver(owner, solver):
+    if solver is None:
+        return Sequential()
+    if not isinstance(solver, AbstractNonlinearSolver):
+        raise ValueError(
+            f"{owner}: `solver` must be a nonlinear solver such as recurrax.QuasiDEER(), got "
+            f"solver={solver!r}."
+        )
+    return solver
+
+
+def _run_solver(owner, solver, cell, diagonal, weight_hh, state, x, gi, reverse, mask, output):
+    """`_run` by a parallel nonlinear solver: the state is one vector (GRU: h; LSTM: h and c
+    concatenated); masked steps keep the state, with a diagonal of ones; `reverse` flips
+    time. Returns `(final state, outputs, stats)`."""
+    check_mask(owner, mask, x.shape[0])
+    gi = as_working(gi)
+    w_hh = as_working(weight_hh)
+    if reverse:
+        gi = gi[::-1]
+        mask = None if mask is None else mask[::-1]
+    if mask is None:
+        f = lambda h, gi_t: cell(w_hh, h, gi_t)  # noqa: E731
+        diag = lambda h, gi_t: diagonal(w_hh, h, gi_t)  # noqa: E731
+        inputs = gi
+    else:
+
+        def f(h, inputs):
+            gi_t, m_t = inputs
+            return jnp.where(m_t, cell(w_hh, h, gi_t), h)
+
+        def diag(h, inputs):
+            gi_t, m_t = inputs
+            return jnp.where(m_t, diagonal(w_hh, h, gi_t), jnp.ones((), h.dtype))
+
+        inputs = (gi, mask)
+    states, stats = nonlinear_recurrence(f, inputs, state, solver=solver, diagonal=diag)
+    last = states[-1] if states.shape[0] else state
+    y = jax.vmap(output)(states)
+    if mask is not None:
+        y = jnp.where(mask[:, None], y, jnp.zeros((), y.dtype))
+    y = y.astype(x.dtype)
+    return last, (y[::-1] if reverse else y), stats
 
 
 def _check_input(owner, x, input_size, per_step):
@@ -74,6 +120,26 @@ class GRU(AbstractMixer):
 
     **Fields:** `weight_ih` `(3 hidden, input)`, `weight_hh` `(3 hidden, hidden)`, `bias`
     `(3 hidden,)`, `bias_n` `(hidden,)`: $3 d_h (d_x + d_h) + 4 d_h$ parameters.
+
+    **Solvers:** `solver=` chooses how the recurrence is evaluated over time:
+    [`recurrax.Sequential`][] (default: `jax.lax.scan`), or in parallel by Newton's method,
+    [`recurrax.QuasiDEER`][], [`recurrax.DampedQuasiDEER`][] (the Jacobian diagonal in
+    closed form) or [`recurrax.DEER`][] (dense Jacobians; small widths). Same states and
+    gradients; see [nonlinear recurrences](../concepts/nonlinear.md).
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+        key = jax.random.key(0)
+        x = jax.random.normal(key, (32, 3))
+        gru = recurrax.GRU(3, 8, key=key)
+        fast = recurrax.GRU(3, 8, solver=recurrax.QuasiDEER(), key=key)
+        assert jnp.allclose(gru(x), fast(x), atol=1e-4)
+        ```
     """
 
     weight_ih: Float[Array, "gates input"]
@@ -82,12 +148,23 @@ class GRU(AbstractMixer):
     bias_n: Float[Array, " hidden"]
     input_size: int = eqx.field(static=True)
     hidden_size: int = eqx.field(static=True)
+    solver: AbstractNonlinearSolver = eqx.field(static=True)
 
-    def __init__(self, input_size: int, hidden_size: int, *, dtype=None, key: PRNGKeyArray):
-        """Uniform $(-1/\\sqrt{d_h}, 1/\\sqrt{d_h})$ initialisation (as PyTorch and Equinox).
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        solver: AbstractNonlinearSolver | None = None,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
+        """Uniform $(-1/\\sqrt{d_h}, 1/\\sqrt{d_h})$ initialisation (as PyTorch and Equinox);
+        `solver` defaults to [`recurrax.Sequential`][].
 
-        **Raises:** `ValueError` naming a non-positive size."""
+        **Raises:** `ValueError` naming a non-positive size or a `solver` that is not one."""
         _check_sizes("GRU", input_size, hidden_size)
+        self.solver = _check_solver("GRU", solver)
         dtype = default_float(dtype)
         bound = 1 / math.sqrt(hidden_size)
         k1, k2, k3, k4 = jax.random.split(key, 4)
@@ -142,7 +219,37 @@ class GRU(AbstractMixer):
         _check_scan(self, "h", h, reverse)
         h = as_working(h)
         gi = x @ self.weight_ih.T + self.bias[None]
-        return _run("GRU", self._cell, self.weight_hh, h, x, gi, reverse, mask, lambda h: h)
+        if isinstance(self.solver, Sequential):
+            return _run("GRU", self._cell, self.weight_hh, h, x, gi, reverse, mask, lambda h: h)
+        return self._solve(h, x, gi, reverse, mask)[:2]
+
+    def _solve(self, h, x, gi, reverse, mask):
+        args = (self.weight_hh, h, x, gi, reverse, mask, lambda h: h)
+        return _run_solver("GRU", self.solver, self._cell, self._diagonal, *args)
+
+    def _diagonal(self, w_hh, h, gi):
+        r"""The diagonal of $\partial h' / \partial h$ in closed form:
+        $z + (h - n)\,z(1-z)\,W_{hz,jj} + (1-z)(1-n^2)\,[r(1-r)\,W_{hr,jj}(W_{hn} h + b_{hn})
+        + r\,W_{hn,jj}]$."""
+        size = self.hidden_size
+        d_r, d_z, d_n = jnp.diagonal(w_hh.reshape(3, size, size), axis1=1, axis2=2)
+        i_r, i_z, i_n = jnp.split(gi, 3)
+        h_r, h_z, h_n = jnp.split(w_hh @ h, 3)
+        r = jnn.sigmoid(i_r + h_r)
+        z = jnn.sigmoid(i_z + h_z)
+        h_n = h_n + as_working(self.bias_n)
+        n = jnn.tanh(i_n + r * h_n)
+        dn = (1 - n * n) * (r * (1 - r) * d_r * h_n + r * d_n)
+        return z + (h - n) * z * (1 - z) * d_z + (1 - z) * dn
+
+    def solver_stats(
+        self, x: Float[Array, "length input"], *, mask: Bool[Array, " length"] | None = None
+    ) -> dict[str, Array]:
+        """The statistics of `self.solver` on `x` from `init_state()`: `{"iterations",
+        "converged"}` as returned by [`recurrax.nonlinear_recurrence`][]."""
+        _check_input("GRU", x, self.input_size, per_step=False)
+        gi = x @ self.weight_ih.T + self.bias[None]
+        return self._solve(self.init_state(), x, gi, False, mask)[2]
 
     def __call__(
         self,
@@ -173,12 +280,23 @@ class LSTM(AbstractMixer):
     bias: Float[Array, " gates"]
     input_size: int = eqx.field(static=True)
     hidden_size: int = eqx.field(static=True)
+    solver: AbstractNonlinearSolver = eqx.field(static=True)
 
-    def __init__(self, input_size: int, hidden_size: int, *, dtype=None, key: PRNGKeyArray):
-        """Uniform $(-1/\\sqrt{d_h}, 1/\\sqrt{d_h})$ initialisation (as PyTorch and Equinox).
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        solver: AbstractNonlinearSolver | None = None,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
+        """Uniform $(-1/\\sqrt{d_h}, 1/\\sqrt{d_h})$ initialisation (as PyTorch and Equinox);
+        `solver` defaults to [`recurrax.Sequential`][].
 
-        **Raises:** `ValueError` naming a non-positive size."""
+        **Raises:** `ValueError` naming a non-positive size or a `solver` that is not one."""
         _check_sizes("LSTM", input_size, hidden_size)
+        self.solver = _check_solver("LSTM", solver)
         dtype = default_float(dtype)
         bound = 1 / math.sqrt(hidden_size)
         k1, k2, k3 = jax.random.split(key, 3)
@@ -235,7 +353,52 @@ class LSTM(AbstractMixer):
         _check_scan(self, "state", state, reverse)
         state = (as_working(state[0]), as_working(state[1]))
         gi = x @ self.weight_ih.T + self.bias[None]
-        return _run("LSTM", self._cell, self.weight_hh, state, x, gi, reverse, mask, lambda s: s[0])
+        if isinstance(self.solver, Sequential):
+            return _run(
+                "LSTM", self._cell, self.weight_hh, state, x, gi, reverse, mask, lambda s: s[0]
+            )
+        last, y, _ = self._solve(state, x, gi, reverse, mask)
+        return (last[: self.hidden_size], last[self.hidden_size :]), y
+
+    def _solve(self, state, x, gi, reverse, mask):
+        """The parallel solve on the packed state `concatenate([h, c])`."""
+
+        def cell(w_hh, z, gi_t):
+            h, c = self._cell(w_hh, jnp.split(z, 2), gi_t)
+            return jnp.concatenate([h, c])
+
+        def output(z):
+            return z[: self.hidden_size]
+
+        z = jnp.concatenate(state)
+        args = (self.weight_hh, z, x, gi, reverse, mask, output)
+        return _run_solver("LSTM", self.solver, cell, self._diagonal, *args)
+
+    def _diagonal(self, w_hh, z, gi):
+        r"""The diagonal of the Jacobian of $(h', c')$ with respect to $(h, c)$ in closed form:
+        $\partial c'_j/\partial c_j = \sigma(f_j)$ and
+        $\partial h'_j/\partial h_j = \sigma'(o_j) W_{o,jj} \tanh c'_j + \sigma(o_j)(1 -
+        \tanh^2 c'_j)\,[\sigma'(f_j) W_{f,jj} c_j + \sigma'(i_j) W_{i,jj} \tanh g_j +
+        \sigma(i_j)(1 - \tanh^2 g_j) W_{g,jj}]$."""
+        size = self.hidden_size
+        h, c = jnp.split(z, 2)
+        d_i, d_f, d_g, d_o = jnp.diagonal(w_hh.reshape(4, size, size), axis1=1, axis2=2)
+        i, f, g, o = jnp.split(gi + w_hh @ h, 4)
+        si, sf, so, tg = jnn.sigmoid(i), jnn.sigmoid(f), jnn.sigmoid(o), jnn.tanh(g)
+        c_new = sf * c + si * tg
+        tc = jnn.tanh(c_new)
+        dc_dh = sf * (1 - sf) * d_f * c + si * (1 - si) * d_i * tg + si * (1 - tg * tg) * d_g
+        dh_dh = so * (1 - so) * d_o * tc + so * (1 - tc * tc) * dc_dh
+        return jnp.concatenate([dh_dh, sf])
+
+    def solver_stats(
+        self, x: Float[Array, "length input"], *, mask: Bool[Array, " length"] | None = None
+    ) -> dict[str, Array]:
+        """The statistics of `self.solver` on `x` from `init_state()`: `{"iterations",
+        "converged"}` as returned by [`recurrax.nonlinear_recurrence`][]."""
+        _check_input("LSTM", x, self.input_size, per_step=False)
+        gi = x @ self.weight_ih.T + self.bias[None]
+        return self._solve(self.init_state(), x, gi, False, mask)[2]
 
     def __call__(
         self,
