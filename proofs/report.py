@@ -25,6 +25,7 @@ FAMILY_TITLES = {
     "normalisation": "Normalisation and signal propagation",
     "discretisation": "Discretisations and conversions",
     "equivalences": "Equivalences of evaluation modes",
+    "trained": "Checks only a trained model raises",
 }
 
 
