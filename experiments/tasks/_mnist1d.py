@@ -101,8 +101,9 @@ class MNIST1D(AbstractTask):
             return x_train, y_train
         if split == "test":
             return x_test, y_test
-        raise ValueError(f"{type(self).__name__}: `split` must be 'train' or 'test', got "
-                         f"split={split!r}.")
+        raise ValueError(
+            f"{type(self).__name__}: `split` must be 'train' or 'test', got split={split!r}."
+        )
 
     def input_length(self, length: int | None = None) -> int:
         no_length(self, length)
@@ -123,8 +124,11 @@ class MNIST1D(AbstractTask):
             order = Stream(stream.seed, stream.split, int(epoch)).rng(1).permutation(n)
             sel = epochs == epoch
             chosen[sel] = order[where[sel]]
-        return Batch(inputs[chosen][:, :, None].copy(), labels[chosen].copy(),
-                     np.ones((batch_size, LENGTH), bool))
+        return Batch(
+            inputs[chosen][:, :, None].copy(),
+            labels[chosen].copy(),
+            np.ones((batch_size, LENGTH), bool),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,5 +139,3 @@ class ShuffledMNIST1D(MNIST1D):
 
     shuffled: ClassVar[bool] = True
     name: ClassVar[str] = "mnist1d-shuffled"
-
-
