@@ -144,9 +144,7 @@ def _run_trained(args, argv) -> int:
     out = pathlib.Path(args.run) / "proofs" if args.out is None else pathlib.Path(args.out)
     title = f"the trained model of {pathlib.Path(args.run).name} (step {run.step})"
     command = ("python -m proofs " + " ".join(argv)).strip()
-    path = trained.write_trained_report(
-        checks, out, title=title, command=command, quick=args.quick, seed=args.seed
-    )
+    path = trained.write_trained_report(checks, out, title=title, command=command)
     print(f"Report: {path} ({time.perf_counter() - start:.0f} s)")
     return 0 if checks.passed else 1
 
