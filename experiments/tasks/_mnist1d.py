@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._base import AbstractTask, Baseline, Batch, no_length, Stream
+from ._base import AbstractTask, Baseline, Batch, check_int, no_length, Stream
 
 
 LENGTH = 40
@@ -31,18 +31,22 @@ def _make_dataset():
 
 
 @functools.cache
-def load_mnist1d(shuffled: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The MNIST-1D data set of the paper's default arguments (seed 42): `(x_train, y_train,
-    x_test, y_test)`, 4,000 and 1,000 sequences of length 40 as float32 and int32 labels.
-    `shuffled=True`: the package's fixed permutation of time (`shuffle_seq`). Generated once
-    per process by `mnist1d.data.make_dataset` (never `get_dataset`, which downloads); read-only
-    arrays. The package seeds NumPy's and Python's global generators: their states are restored
-    afterwards.
+def load_mnist1d(
+    shuffled: bool = False, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The MNIST-1D data set of the package's default arguments (`seed` 42 is the published
+    one): `(x_train, y_train, x_test, y_test)`, 4,000 and 1,000 sequences of length 40 as
+    float32 and int32 labels. `shuffled=True`: the package's fixed permutation of time
+    (`shuffle_seq`, drawn from the same seed). Generated once per process and arguments by
+    `mnist1d.data.make_dataset` (never `get_dataset`, which downloads), offline; read-only
+    arrays. The package seeds NumPy's and Python's global generators: their states are
+    restored afterwards.
 
     **Raises:** `ImportError` naming the `experiments` extra when `mnist1d` is missing."""
     make_dataset, get_dataset_args = _make_dataset()
     args = get_dataset_args()
     args.shuffle_seq = bool(shuffled)
+    args.seed = int(seed)
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
         data = make_dataset(args)
@@ -65,13 +69,16 @@ class MNIST1D(AbstractTask):
     r"""Classify an MNIST-1D sequence (length 40, one feature, ten classes): a digit template
     padded, translated, scaled, sheared and noised (Greydanus & Kobak 2024). The data set is
     the package's default (4,000 training and 1,000 test sequences, seed 42), so the results
-    compare with its published table. `batch` walks the training split in epochs (per-epoch
+    compare with its published table (`data_seed` 42; another seed generates another data set
+    of the same kind). `batch` walks the training split in epochs (per-epoch
     shuffles seeded by `(seed, split, epoch)`); `test_set(seed, 1000)` is the whole test
     split. Pooling `"mean"`; no `length` override; no paper setting (`PAPER` is empty).
     Baseline: the majority class of the test split.
 
     Needs the optional `mnist1d` package (`pip install -e '.[experiments]'`).
     """
+
+    data_seed: int = 42
 
     test_size: ClassVar[int] = 1000
     shuffled: ClassVar[bool] = False
@@ -81,6 +88,9 @@ class MNIST1D(AbstractTask):
     input_kind: ClassVar[str] = "features"
     pooling: ClassVar[str] = "mean"
     PAPER: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        check_int(type(self).__name__, "data_seed", self.data_seed, minimum=0)
 
     @property
     def vocab_size(self) -> None:
@@ -96,7 +106,7 @@ class MNIST1D(AbstractTask):
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """`(inputs (n, 40), labels (n,))` of `split` (`"train"` or `"test"`)."""
-        x_train, y_train, x_test, y_test = load_mnist1d(self.shuffled)
+        x_train, y_train, x_test, y_test = load_mnist1d(self.shuffled, int(self.data_seed))
         if split == "train":
             return x_train, y_train
         if split == "test":
