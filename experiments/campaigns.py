@@ -93,6 +93,14 @@ CAMPAIGNS: dict[str, list[list[str]]] = {
          "--out", f"runs/digits-{model}-steps4000-d2-s0"]
         for model in ("mingru", "minlstm")
     ],
+    # MNIST-1D against its published table (experiments/report.py, MNIST1D_NUMBERS): every
+    # model, three seeds, the whole test split (1,000 sequences).
+    **{
+        name: [[name, "--model", model, "--seed", str(seed), "--steps", "3000",
+                "--eval-every", "500", "--eval-size", "1000"]
+               for model in MODELS for seed in range(3)]
+        for name in ("mnist1d", "mnist1d-shuffled")
+    },
 }
 
 # After each run of these campaigns, for each option list:

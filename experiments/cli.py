@@ -26,7 +26,11 @@ def list_command(args, argv) -> int:
     print("tasks (kind, inputs, pooling, baseline of the small preset):")
     for name in sorted(TASKS):
         task = make_task(name)
-        base = task.baseline()
+        try:
+            base = task.baseline()
+        except ImportError as error:  # an optional data package (the `experiments` extra)
+            print(f"  {name:18s} unavailable: {error}")
+            continue
         print(
             f"  {name:18s} {task.kind:14s} {task.input_kind:8s} {task.pooling:5s} "
             f"{base.metric} {base.value:.3g} ({base.description})"

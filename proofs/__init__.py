@@ -2,6 +2,8 @@
 
 Run them all with `python -m proofs`; call a check on your own layer or model, e.g.
 `proofs.check_stability(model)`. Each check returns a [`proofs.CheckResult`][].
+Run the checks that apply to a trained model with `python -m proofs --run RUN_FOLDER` or
+`proofs.check_trained_model(model)`.
 """
 
 from ._registry import (
@@ -59,4 +61,16 @@ from .stability import (
     check_stability as check_stability,
     recurrent_eigenvalues as recurrent_eigenvalues,
     train_briefly as train_briefly,
+)
+from .trained import (
+    check_float_edge as check_float_edge,
+    check_learnt_spectrum as check_learnt_spectrum,
+    check_run as check_run,
+    check_trained_model as check_trained_model,
+    check_trained_normalisation as check_trained_normalisation,
+    check_transition_values as check_transition_values,
+    load_run as load_run,
+    TrainedModelChecks as TrainedModelChecks,
+    TrainedRun as TrainedRun,
+    write_trained_report as write_trained_report,
 )

@@ -26,6 +26,7 @@ FAMILY_TITLES = {
     "normalisation": "Normalisation and signal propagation",
     "discretisation": "Discretisations and conversions",
     "equivalences": "Equivalences of evaluation modes",
+    "trained": "Checks only a trained model raises",
 }
 
 
@@ -257,6 +258,7 @@ python -m proofs --quick                 # every check at small sizes, well unde
 python -m proofs --list                  # the checks, their families and claims
 python -m proofs --family stability      # one family; --only NAME[,NAME] for single checks
 python -m proofs --seed 1 --out runs/p1  # another draw of every random quantity
+python -m proofs --run RUN_FOLDER        # the checks that apply to a trained model
 ```
 
 Every check is a plain function that takes the thing it checks as an argument and returns a

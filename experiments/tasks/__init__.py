@@ -17,6 +17,10 @@ See `AbstractTask` for the interface.
 | `cycle_navigation`   | classification | tokens (padded)  | last    | exact length            |
 | `modular_arithmetic` | classification | tokens (padded)  | last    | exact length            |
 | `digits`             | classification | features (1)     | mean    | —                       |
+| `mnist1d`            | classification | features (1)     | mean    | —                       |
+| `mnist1d-shuffled`   | classification | features (1)     | mean    | —                       |
+
+The `mnist1d` tasks need the optional `mnist1d` package (`pip install -e '.[experiments]'`).
 """
 
 from ._adding import Adding as Adding
@@ -30,6 +34,11 @@ from ._copy_memory import CopyMemory as CopyMemory
 from ._digits import Digits as Digits
 from ._induction_heads import InductionHeads as InductionHeads
 from ._listops import ListOps as ListOps
+from ._mnist1d import (
+    load_mnist1d as load_mnist1d,
+    MNIST1D as MNIST1D,
+    ShuffledMNIST1D as ShuffledMNIST1D,
+)
 from ._mqar import MQAR as MQAR
 from ._registry import make_task as make_task, PRESETS as PRESETS, TASKS as TASKS
 from ._selective_copying import SelectiveCopying as SelectiveCopying

@@ -9,6 +9,7 @@ from ._copy_memory import CopyMemory
 from ._digits import Digits
 from ._induction_heads import InductionHeads
 from ._listops import ListOps
+from ._mnist1d import MNIST1D, ShuffledMNIST1D
 from ._mqar import MQAR
 from ._selective_copying import SelectiveCopying
 from ._state_tracking import CycleNavigation, ModularArithmetic, Parity
@@ -27,6 +28,8 @@ TASKS: dict[str, type[AbstractTask]] = {
         CycleNavigation,
         ModularArithmetic,
         Digits,
+        MNIST1D,
+        ShuffledMNIST1D,
     )
 }
 
