@@ -155,10 +155,8 @@ def is_done(config: train.RunConfig, out: pathlib.Path) -> bool:
         same = train.RunConfig.from_dict(summary["config"]) == config
     except (OSError, ValueError, TypeError, KeyError):
         return False
-    latest = recurrax.CheckpointManager(out / "checkpoints").latest()
-    return same and latest is not None and latest == recurrax.CheckpointManager(
-        out / "checkpoints"
-    ).path(config.steps)
+    manager = recurrax.CheckpointManager(out / "checkpoints")
+    return same and manager.latest() == manager.path(config.steps)
 
 
 def run(args, argv, *, skip_done: bool = False) -> int:

@@ -405,14 +405,19 @@ def _resume_changes(out: pathlib.Path, saved: dict, config: RunConfig, step: int
     return {k: [saved[k], new[k]] for k in differing}
 
 
+def _replace_text(path: pathlib.Path, text: str) -> None:
+    """Write `path` atomically (a temporary file renamed onto it): a kill leaves the old
+    content or the new one, and at most the temporary file, which the next run removes."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def _write_run_file(out: pathlib.Path, config: RunConfig, changes: list) -> None:
     data = config.to_dict()
     if changes:
         data["changes"] = changes
-    path = out / "run.json"
-    temporary = out / ".run.json.tmp"
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    _replace_text(out / "run.json", json.dumps(data, indent=2) + "\n")
 
 
 @eqx.filter_jit
@@ -514,6 +519,8 @@ def train(
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
     manager = recurrax.CheckpointManager(out / "checkpoints", keep=keep)
+    for name in ("run.json", "metrics.jsonl"):  # what a kill during their rewrite left
+        (out / f".{name}.tmp").unlink(missing_ok=True)
     start, changes, changed, checkpoint = 0, [], {}, None
     if resume and manager.all_steps():
         latest = manager.latest()
@@ -525,6 +532,11 @@ def train(
                 f"to start again."
             )
         header = recurrax.read_checkpoint_header(latest)
+        if not isinstance(header.get("config"), dict):
+            raise RunFolderError(
+                f"--resume: {latest} holds no run configuration: it was not written by "
+                f"`python -m experiments run`."
+            )
         saved, changes = _saved_config(out, header["config"])
         changed = _resume_changes(out, saved, config, header["step"])
         old = RunConfig.from_dict(header["config"])  # the optimiser the state was saved from
@@ -697,4 +709,4 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
     """Keep the records of steps up to `step` (a killed run may have logged a few steps past
     its last checkpoint, or an incomplete line)."""
     kept = [line for line, record in _parse_lines(path) if record["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    _replace_text(path, "".join(line + "\n" for line in kept))

@@ -312,9 +312,9 @@ def test_evaluation_step_is_compiled_once_per_run(tmp_path, monkeypatch):
         return counted
 
     monkeypatch.setattr(train, "make_loss", counting_make_loss)
-    monkeypatch.setattr(train, "_COMPILED", {})
+    monkeypatch.setattr(train, "_COMPILED", {}, raising=False)
     train.train(train.RunConfig(**_tiny_settings()), tmp_path, log=lambda *_: None)
-    records = train.read_metrics(tmp_path / "metrics.jsonl")
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert sum("test_loss" in r for r in records) == 3
     assert len(traces) == 1
 
