@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=int)
     run.add_argument("--eval-size", type=int)
     run.add_argument("--checkpoint-every", type=int)
+    run.add_argument("--clip-norm", type=float, help="global-norm gradient clipping threshold")
+    run.add_argument("--warmup-fraction", type=float, help="fraction of the steps warming up")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--depth", type=int, help="number of blocks")
     run.add_argument("--d-model", type=int, help="model width")
@@ -41,7 +43,16 @@ def _parser() -> argparse.ArgumentParser:
         help="also evaluate at this sequence length after training (length generalisation)",
     )
     run.add_argument("--out", help="run folder (default runs/TASK-MODEL[-VARIANT]-dDEPTH-sSEED)")
-    run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    run.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in the folder from its last checkpoint; optimisation settings "
+        "(--lr, --steps, --clip-norm, ...) may change, the model and the task may not",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true",
+        help="delete the run already in the folder and start again (without it, a folder "
+        "holding a run is refused unless --resume is given)",
+    )
     run.add_argument(
         "--init-from", metavar="RUN_FOLDER",
         help="start from the last checkpoint of another run of the same model (e.g. at a "
@@ -49,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     campaign = commands.add_parser("campaign", help="run a named set of runs (see campaigns.py)")
     campaign.add_argument("name", help="a campaign name, or 'all'")
-    campaign.add_argument("--force", action="store_true", help="rerun finished runs")
+    campaign.add_argument(
+        "--force", action="store_true",
+        help="rerun every run from step 0 (--overwrite); without it, finished runs are skipped "
+        "and unfinished ones resumed",
+    )
     campaign.add_argument("--out", help="markdown file for the table of all runs")
     extrapolate = commands.add_parser(
         "extrapolate", help="accuracy of a trained run at other lengths, streamed in chunks"

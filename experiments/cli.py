@@ -86,22 +86,106 @@ def configure(args) -> tuple[train.RunConfig, pathlib.Path]:
         eval_every=args.eval_every,
         eval_size=args.eval_size,
         checkpoint_every=args.checkpoint_every,
+        clip_norm=getattr(args, "clip_norm", None),
+        warmup_fraction=getattr(args, "warmup_fraction", None),
     )
     config = train.RunConfig(
         variant=args.variant, seed=args.seed, init_from=args.init_from, **settings
     )
+    config.check()
+    _check_mixer_options(config.model_config)
+    _check_eval_lengths(config, getattr(args, "eval_length", []))
     return config, pathlib.Path(args.out or run_folder(config, args.model_set))
 
 
+def _mixer_class(model_config: dict):
+    import recurrax
+
+    return {
+        "lru": recurrax.LRU, "ssm": recurrax.DiagonalSSM, "mingru": recurrax.MinGRU,
+        "minlstm": recurrax.MinLSTM, "gru": recurrax.GRU, "lstm": recurrax.LSTM,
+    }[model_config["mixer"]]
+
+
+def _check_mixer_options(model_config: dict) -> None:
+    """Refuse `mixer_options` keys that the mixer's constructor does not take (they would
+    otherwise fail at build time with a bare TypeError)."""
+    import inspect
+
+    cls = _mixer_class(model_config)
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return
+    # `dtype`, `bidirectional` and `key` are given by ModelConfig itself.
+    allowed = sorted(
+        p.name for p in parameters
+        if p.kind == p.KEYWORD_ONLY and p.name not in ("key", "dtype", "bidirectional")
+    )
+    options = model_config.get("mixer_options") or {}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"--model-set mixer_options: {cls.__name__} (--model {model_config['mixer']}) "
+            f"takes no option {unknown}; its options are {allowed}, got "
+            f"mixer_options={options!r}."
+        )
+
+
+def _check_eval_lengths(config: train.RunConfig, lengths: list) -> None:
+    """Refuse an `--eval-length` the task cannot generate (before any training)."""
+    if not lengths:
+        return
+    task = make_task(config.task, preset=config.preset, **config.task_options)
+    for length in lengths:
+        if length < 1:
+            raise ValueError(f"--eval-length must be a positive integer, got {length}.")
+        try:
+            task.batch(config.seed, 0, 1, split="test", length=length)
+        except ValueError as error:
+            raise ValueError(
+                f"--eval-length {length}: the task {config.task!r} cannot be evaluated at "
+                f"this length ({error})."
+            ) from None
+
+
+def is_done(config: train.RunConfig, out: pathlib.Path) -> bool:
+    """Whether the run folder holds this run, finished: a `summary.json` of this
+    configuration and a readable checkpoint of its last step (a stale summary of another
+    or an unfinished run does not count)."""
+    import recurrax
+
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        same = train.RunConfig.from_dict(summary["config"]) == config
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    manager = recurrax.CheckpointManager(out / "checkpoints")
+    return same and manager.latest() == manager.path(config.steps)
+
+
 def run(args, argv, *, skip_done: bool = False) -> int:
+    """`python -m experiments run`: every option is checked (exit 2, one line naming it)
+    before any training and before anything is written."""
+    resume, overwrite = args.resume, getattr(args, "overwrite", False)
     try:
         config, out = configure(args)
+        if resume and overwrite:
+            raise ValueError("--resume and --overwrite contradict each other; give one of them.")
+        train.check_out(out, "--out" if args.out else "the run folder")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if skip_done and (out / "summary.json").exists():
+    if skip_done and is_done(config, out):
         print(f"already done: {out} (use --force to rerun)")
         return 0
+    found = train.existing_run(out)
+    if found and not (resume or overwrite):
+        print(
+            f"error: --out: {out} already holds a run ({', '.join(found)}); rerun with --resume "
+            f"to continue it, or with --overwrite to delete it and start again.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         task, _, model_before, _ = train.build(config)
     except ValueError as error:  # e.g. --init-from a run of another model
@@ -114,7 +198,7 @@ def run(args, argv, *, skip_done: bool = False) -> int:
         f"{config.steps} steps of batch {config.batch_size}; run folder {out}"
     )
     try:
-        final = train.train(config, out, resume=args.resume)
+        final = train.train(config, out, resume=resume, overwrite=overwrite)
     except train.NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
@@ -164,6 +248,8 @@ def campaign(args, argv) -> int:
     for name in names:
         for command in CAMPAIGNS[name]:
             run_args = _parser().parse_args(["run", *command])
+            # Finished runs are skipped, unfinished ones resumed; --force starts them again.
+            run_args.resume, run_args.overwrite = not args.force, args.force
             print(f"== python -m experiments run {' '.join(command)}", flush=True)
             code = run(run_args, ["run", *command], skip_done=not args.force)
             status = status or code

@@ -18,6 +18,7 @@ import recurrax
 from . import variants
 from ._timing import Machine
 from .tasks import make_task
+from .train import read_metrics
 
 
 matplotlib.use("Agg")
@@ -132,8 +133,7 @@ def write_run_report(out: pathlib.Path, config, task, model_before, model_after,
                      command: list[str] | None = None) -> pathlib.Path:
     """`report.md`, `curves.png`, `eigenvalues.png` and `summary.json` in the run folder."""
     out = pathlib.Path(out)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
+    metrics = [m for m in read_metrics(out / "metrics.jsonl") if "event" not in m]
     plot_curves(metrics, out / "curves.png", task.kind)
     spectra = plot_spectra(
         recurrent_spectra(model_before), recurrent_spectra(model_after), out / "eigenvalues.png"

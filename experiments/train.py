@@ -3,17 +3,22 @@
 A run is fully described by a `RunConfig` (plain JSON values, stored in every checkpoint).
 Batches are drawn from (seed, split, step), and the dropout key of step `s` is
 `fold_in(key, s)`, so a run resumed from a checkpoint sees exactly the data and randomness
-of an uninterrupted one. Metrics go to `metrics.jsonl`; checkpoints to `checkpoints/`
-(atomic, the last few kept); a non-finite loss stops the run without overwriting the last
-good checkpoint.
+of an uninterrupted one. Metrics go to `metrics.jsonl` (strict JSON: a value that is not a
+finite number is written as the string "NaN", "Infinity" or "-Infinity"); checkpoints to
+`checkpoints/` (atomic, the last few kept, each written only from finite parameters, optimiser
+state and model state). A non-finite loss or gradient norm stops the run at once, without
+touching the last good checkpoint; `--resume` may then change the optimisation settings
+(`OPTIMISATION_FIELDS`), never the model or the task.
 """
 
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 import time
+import warnings
 from typing import Any
 
 import equinox as eqx
@@ -62,11 +67,78 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
+        """The configuration of `to_dict()`'s output or of a `run.json` (whose `"changes"`,
+        the settings changed on resume, are not part of it)."""
+        data = {k: v for k, v in data.items() if k != "changes"}
         return cls(**{"init_from": None, **data})  # runs made before `init_from` existed
+
+    def check(self) -> None:
+        """Refuse values that cannot run, before any work.
+
+        **Raises:** `ValueError` naming the field (and its command-line option) and the value.
+        """
+        positive_integers = ("steps", "batch_size", "eval_every", "eval_size", "checkpoint_every")
+        for name in positive_integers:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(
+                    f"{_option(name)} must be a positive integer, got {name}={value!r}."
+                )
+        for name, low, text in (
+            ("learning_rate", 0.0, "a positive finite number"),
+            ("lr_factor", 0.0, "a positive finite number"),
+            ("weight_decay", None, "a finite number >= 0"),
+        ):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and math.isfinite(value)
+            ok = ok and (value >= 0 if low is None else value > low)
+            if not ok:
+                raise ValueError(f"{_option(name)} must be {text}, got {name}={value!r}.")
+        if not (isinstance(self.warmup_fraction, (int, float)) and 0 <= self.warmup_fraction < 1):
+            raise ValueError(
+                f"{_option('warmup_fraction')} must be in [0, 1), got "
+                f"warmup_fraction={self.warmup_fraction!r}."
+            )
+        clip = self.clip_norm
+        if clip is not None and not (
+            isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0
+        ):
+            raise ValueError(
+                f"{_option('clip_norm')} must be a positive finite number (or None for no "
+                f"clipping), got clip_norm={clip!r}."
+            )
+
+
+# The settings that `--resume` may change: they shape the optimisation (the schedule, the
+# clipping, the batches) and the bookkeeping, not the model, its parameters or the task.
+# Turning clipping on or off is refused (it changes the optimiser state's structure).
+OPTIMISATION_FIELDS = (
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "lr_factor",
+    "weight_decay",
+    "warmup_fraction",
+    "clip_norm",
+    "eval_every",
+    "eval_size",
+    "checkpoint_every",
+)
+
+
+def _option(name: str) -> str:
+    """The command-line option of a `RunConfig` field."""
+    return "--lr" if name == "learning_rate" else "--" + name.replace("_", "-")
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite."""
+    """Training diverged: the loss or the gradient norm became NaN or infinite, or the
+    parameters, optimiser state or model state to be saved are not finite."""
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked (it holds a run, or its files are damaged);
+    the message names the files and the options that resolve it."""
 
 
 # -- losses ------------------------------------------------------------------------------
@@ -218,32 +290,186 @@ def _summary(metrics: dict) -> str:
     return " ".join(parts)
 
 
-def evaluate(model, state, task, config: RunConfig, loss_fn, *, length=None) -> dict:
-    """Metrics on the fixed held-out test set (inference mode), averaged over batches."""
-    frozen = eqx.nn.inference_mode(model)
+def evaluate(
+    model, state, task, config: RunConfig, loss_fn, *, length=None, step=None
+) -> dict:
+    """Metrics on the fixed held-out test set (inference mode), averaged over batches.
+
+    `step`: the compiled evaluation step, `recurrax.make_eval_step(loss_fn)`; a run builds it
+    once and passes it to every evaluation (built here when not given)."""
     size = min(config.eval_size, getattr(task, "test_size", config.eval_size))  # bundled data
     test = task.test_set(config.seed, size, length=length)
     arrays = _batch_arrays(test)
-    step = _eval_step(loss_fn)
+    step = recurrax.make_eval_step(loss_fn) if step is None else step
     totals: dict[str, float] = {}
     size = arrays[0].shape[0]
     chunk = min(size, max(config.batch_size, 64))
     for start in range(0, size, chunk):
         part = tuple(a[start : start + chunk] for a in arrays)
-        metrics = step(frozen, state, part)
+        metrics = step(model, state, part)
         n = part[0].shape[0]
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + float(value) * n
     return {name: value / size for name, value in totals.items()}
 
 
-def _eval_step(loss_fn):
-    @eqx.filter_jit
-    def step(model, state, batch):
-        loss, (_, metrics) = loss_fn(model, state, batch, None)
-        return {"loss": loss, **metrics}
+RUN_FILES = ("run.json", "metrics.jsonl", "checkpoints", "summary.json", "report.md")
 
-    return step
+
+def existing_run(out: pathlib.Path) -> list[str]:
+    """The files of a run that the folder `out` already holds (empty for a new folder)."""
+    out = pathlib.Path(out)
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def check_out(out: pathlib.Path, option: str = "--out") -> None:
+    """Refuse a run folder that cannot be written: a file, or a folder (or the nearest
+    existing parent of a folder to create) that this process cannot write.
+
+    **Raises:** `ValueError` naming `option` and the folder."""
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option}: {str(out)!r} is a file, not a folder; give a folder.")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(
+            f"{option}: cannot create {str(out)!r}: {str(existing)!r} is a file, not a folder."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{option}: {str(out)!r} cannot be written ({str(existing)!r} is not writable by "
+            f"this user)."
+        )
+
+
+def overwrite_run(out: pathlib.Path) -> None:
+    """Delete the run of `out`: its run files (`RUN_FILES`, the plots, the checkpoint files
+    and their temporary files), nothing else: what `--overwrite` asks for."""
+    out = pathlib.Path(out)
+    checkpoints = out / "checkpoints"
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        manager = recurrax.CheckpointManager(checkpoints)
+        for step in manager.all_steps():
+            manager.path(step).unlink()
+        for child in checkpoints.glob(".checkpoint-*.rcx.tmp-*"):
+            child.unlink()
+        if not any(checkpoints.iterdir()):
+            checkpoints.rmdir()
+    for name in (*RUN_FILES, "curves.png", "eigenvalues.png"):
+        path = out / name
+        if name != "checkpoints" and (path.is_file() or path.is_symlink()):
+            path.unlink()
+
+
+def _saved_config(out: pathlib.Path, header_config: Any) -> tuple[dict, list]:
+    """The configuration the run in `out` was last trained with and its recorded changes:
+    from `run.json`, else from the checkpoint's header."""
+    run_file = out / "run.json"
+    if run_file.exists():
+        try:
+            data = json.loads(run_file.read_text())
+            return RunConfig.from_dict(data).to_dict(), list(data.get("changes", []))
+        except (ValueError, TypeError) as error:
+            raise RunFolderError(
+                f"--resume: {run_file} is damaged ({error}); the configuration of the run "
+                f"cannot be read."
+            ) from None
+    return RunConfig.from_dict(header_config).to_dict(), []
+
+
+def _resume_changes(out: pathlib.Path, saved: dict, config: RunConfig, step: int) -> dict:
+    """The optimisation settings that differ between the saved run and `config`, as
+    `{name: [old, new]}`; any other difference is refused."""
+    new = config.to_dict()
+    differing = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    fixed = [k for k in differing if k not in OPTIMISATION_FIELDS]
+    if fixed:
+        raise RunFolderError(
+            f"--resume: the run in {out} was started with a different configuration "
+            f"(differs in {fixed}: the model, the task or their seed); use another --out, the "
+            f"same options, or --overwrite to start this run again. --resume may change only "
+            f"the optimisation settings {list(OPTIMISATION_FIELDS)}."
+        )
+    if "clip_norm" in differing and None in (saved["clip_norm"], new["clip_norm"]):
+        raise RunFolderError(
+            f"--resume: clip_norm {saved['clip_norm']!r} -> {new['clip_norm']!r} turns "
+            f"clipping on or off, which changes the optimiser state; only its value can change."
+        )
+    if config.steps < step:
+        raise RunFolderError(
+            f"--resume: --steps {config.steps} is below the step {step} already trained in "
+            f"{out}; give --steps >= {step}."
+        )
+    return {k: [saved[k], new[k]] for k in differing}
+
+
+def _replace_text(path: pathlib.Path, text: str) -> None:
+    """Write `path` atomically (a temporary file renamed onto it): a kill leaves the old
+    content or the new one, and at most the temporary file, which the next run removes."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _write_run_file(out: pathlib.Path, config: RunConfig, changes: list) -> None:
+    data = config.to_dict()
+    if changes:
+        data["changes"] = changes
+    _replace_text(out / "run.json", json.dumps(data, indent=2) + "\n")
+
+
+@eqx.filter_jit
+def _finite(trees) -> jax.Array:
+    leaves = jax.tree.leaves(eqx.filter(trees, eqx.is_inexact_array))
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _advice(config: RunConfig, manager, step: int, changes: list) -> str:
+    """What to do after a divergence: a lower learning rate from the last good checkpoint
+    (the rate used before the last change, if it was lower, else a tenth of it)."""
+    latest = manager.latest()
+    earlier = [
+        c["changed"]["learning_rate"][0]
+        for c in changes
+        if "learning_rate" in c.get("changed", {})
+        and c["changed"]["learning_rate"][0] < config.learning_rate
+    ]
+    lower = f"{earlier[-1] if earlier else config.learning_rate / 10:.3g}"
+    if latest is None:
+        return (
+            f"No checkpoint was written before step {step}: rerun with --overwrite and a lower "
+            f"learning rate (e.g. --lr {lower}), or check the model."
+        )
+    return (
+        f"The last good checkpoint ({latest}) is kept: to continue from it with a lower "
+        f"learning rate, rerun the same command with --resume --lr {lower} (--resume accepts "
+        f"changed optimisation settings: {', '.join(_option(f) for f in OPTIMISATION_FIELDS)}"
+        f"); to start again instead, use --overwrite."
+    )
+
+
+_COMPILED: dict[str, tuple] = {}
+
+
+def _compiled_steps(config: RunConfig, kind: str, optimizer, loss_fn) -> tuple:
+    """The compiled training and evaluation steps of a run, built once per run (and shared
+    by the runs of one process with the same model, task and optimisation, e.g. a run and
+    its resumption): `(recurrax.make_train_step(...), recurrax.make_eval_step(loss_fn))`."""
+    bookkeeping = ("eval_every", "eval_size", "checkpoint_every", "init_from")
+    settings = {k: v for k, v in config.to_dict().items() if k not in bookkeeping}
+    name = json.dumps([kind, settings], sort_keys=True)
+    if name not in _COMPILED:
+        if len(_COMPILED) >= 4:  # a few runs' compiled programs at most
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[name] = (
+            recurrax.make_train_step(optimizer, loss_fn),
+            recurrax.make_eval_step(loss_fn),
+        )
+    return _COMPILED[name]
 
 
 def train(
@@ -251,105 +477,236 @@ def train(
     out: pathlib.Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     log=print,
     progress_stream=None,
     keep: int = 3,
 ) -> dict:
-    """Train (or resume) the run in `out`; returns the final evaluation metrics.
+    """Train (or resume) the run in `out`; returns the final metrics (the last training
+    record with its evaluation, `"loss"` and the `"test_*"` metrics).
 
-    Writes `run.json` (the configuration), `metrics.jsonl` and `checkpoints/`.
-    Raises `NonFiniteLoss` when the loss stops being finite (the last good checkpoint is
-    kept) and `ValueError` when resuming a run whose configuration differs.
+    Writes `run.json` (the configuration, with `"changes"`: the optimisation settings
+    changed on resume), `metrics.jsonl` and `checkpoints/`. Every option is checked before
+    anything is written.
+
+    - `resume`: continue from the last readable checkpoint (from step 0 if there is none);
+        the optimisation settings (`OPTIMISATION_FIELDS`) may differ from the saved run's.
+    - `overwrite`: delete the run already in `out` (its run files only) and start again.
+
+    **Raises:**
+
+    - `NonFiniteLoss` at the first non-finite loss or gradient norm, or when the state to be
+        saved is not finite (the checkpoints on disk are all finite and are kept);
+    - `RunFolderError` (a `ValueError`) when `out` holds a run and neither `resume` nor
+        `overwrite` is given, when resuming a run of another model or task, or when every
+        checkpoint file is damaged (they are named and left in place);
+    - `ValueError` for a configuration value that cannot run.
     """
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    run_file = out / "run.json"
-    manager = recurrax.CheckpointManager(out / "checkpoints", keep=keep)
+    config.check()
+    check_out(out)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; give one of them.")
+    found = existing_run(out)
+    if found and not (resume or overwrite):
+        raise RunFolderError(
+            f"--out: {out} already holds a run ({', '.join(found)}); rerun with --resume to "
+            f"continue it, or with --overwrite to delete it and start again."
+        )
     task, model_config, model, state = build(config)
     loss_fn = make_loss(task.kind)
     optimizer = _optimizer(config, model)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    start = 0
-    if resume and manager.latest() is not None:
-        saved = json.loads(run_file.read_text()) if run_file.exists() else None
-        saved = None if saved is None else RunConfig.from_dict(saved).to_dict()
-        if saved is not None and saved != config.to_dict():
-            differing = sorted(k for k in saved if saved.get(k) != config.to_dict().get(k))
-            raise ValueError(
-                f"--resume: the run in {out} was started with a different configuration "
-                f"(differs in {differing}); use another --out or the same options."
+    manager = recurrax.CheckpointManager(out / "checkpoints", keep=keep)
+    for name in ("run.json", "metrics.jsonl"):  # what a kill during their rewrite left
+        (out / f".{name}.tmp").unlink(missing_ok=True)
+    start, changes, changed, checkpoint = 0, [], {}, None
+    if resume and manager.all_steps():
+        latest = manager.latest()
+        if latest is None:
+            files = [str(manager.path(s)) for s in manager.all_steps()]
+            raise RunFolderError(
+                f"--resume: every checkpoint in {out / 'checkpoints'} is damaged ({files}); "
+                f"they are left in place. Restore them from a copy, or rerun with --overwrite "
+                f"to start again."
             )
-        checkpoint = manager.restore(
-            model=model, opt_state=opt_state, state=state, config=config.to_dict()
-        )
+        header = recurrax.read_checkpoint_header(latest)
+        if not isinstance(header.get("config"), dict):
+            raise RunFolderError(
+                f"--resume: {latest} holds no run configuration: it was not written by "
+                f"`python -m experiments run`."
+            )
+        saved, changes = _saved_config(out, header["config"])
+        changed = _resume_changes(out, saved, config, header["step"])
+        old = RunConfig.from_dict(header["config"])  # the optimiser the state was saved from
+        old_optimizer = _optimizer(old, model)
+        old_opt_state = old_optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+        try:
+            checkpoint = manager.restore(model=model, opt_state=old_opt_state, state=state)
+        except recurrax.CheckpointError as error:
+            raise RunFolderError(f"--resume: {error} The files are left in place.") from None
+        _resume_changes(out, checkpoint.config, config, checkpoint.step)
         model, opt_state, state = checkpoint.model, checkpoint.opt_state, checkpoint.state
         start = checkpoint.step
+        if changed:
+            changes.append({"step": start, "changed": changed})
         log(f"resumed from step {start} ({checkpoint.path.name})")
-    else:
-        if resume:
-            log("--resume: no checkpoint yet, starting from step 0")
-        manager_files = list((out / "checkpoints").glob("*.rcx"))
-        for stale in manager_files:  # a fresh run replaces an old one in the same folder
-            stale.unlink()
-        (out / "metrics.jsonl").write_text("")
-        run_file.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    # Keep only the metrics of steps up to the resumed step (a killed run may have logged
-    # a few steps past its last checkpoint).
-    if start:
+        if changed:
+            shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            log(f"--resume: changed from step {start} on: {shown}")
         _truncate_metrics(out / "metrics.jsonl", start)
+        for stale in ("summary.json", "report.md"):  # rewritten when this run ends
+            (out / stale).unlink(missing_ok=True)
+    else:
+        if resume and not found:
+            log("--resume: no run in this folder yet, starting from step 0")
+        elif resume:
+            log("--resume: no checkpoint yet, starting from step 0")
+        if overwrite and found:
+            log(f"--overwrite: deleting the run in {out} ({', '.join(found)})")
+            overwrite_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in ("summary.json", "report.md"):
+            (out / stale).unlink(missing_ok=True)
+        (out / "metrics.jsonl").write_text("")
     metrics_file = (out / "metrics.jsonl").open("a")
+    if changed:  # an event line: readers of the curves skip records with an "event"
+        metrics_file.write(metrics_line({"step": start, "event": "resume", "changed": changed}))
+        metrics_file.flush()
+    _write_run_file(out, config, changes)
 
-    step_fn = recurrax.make_train_step(optimizer, loss_fn)
+    step_fn, eval_fn = _compiled_steps(config, task.kind, optimizer, loss_fn)
     progress = _Progress(config.steps, progress_stream)
     window_start, window_steps = time.perf_counter(), 0
     last: dict[str, Any] = {}
-    for step in range(start, config.steps):
-        batch = _batch_arrays(task.batch(config.seed, step, config.batch_size))
-        tokens_per_batch = int(batch[0].shape[0] * batch[0].shape[1])
-        new = step_fn(model, state, opt_state, batch, jax.random.fold_in(key, step))
-        loss = float(new[3]["loss"])
-        if not math.isfinite(loss):
-            metrics_file.close()
-            raise NonFiniteLoss(
-                f"the training loss became {loss} at step {step + 1}; stopping. The last good "
-                f"checkpoint ({manager.latest()}) is kept; lower the learning rate or check "
-                f"the model, then rerun with --resume."
-            )
-        model, state, opt_state = new[0], new[1], new[2]
-        window_steps += 1
-        record = {"step": step + 1, **{k: float(v) for k, v in new[3].items()}}
-        elapsed = time.perf_counter() - window_start
-        record["seconds_per_step"] = elapsed / window_steps
-        record["tokens_per_second"] = tokens_per_batch * window_steps / max(elapsed, 1e-9)
-        done = step + 1 == config.steps
-        if (step + 1) % config.eval_every == 0 or done:
-            evaluation = evaluate(model, state, task, config, loss_fn)
-            record.update({f"test_{k}": v for k, v in evaluation.items()})
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        last = record
-        progress.update(step + 1, _summary(record), force=done or "test_loss" in record)
-        if (step + 1) % config.checkpoint_every == 0 or done:
-            manager.save(
-                step + 1,
-                model=model,
-                opt_state=opt_state,
-                state=state,
-                config=config.to_dict(),
-                key=key,
-                metadata={"loss": loss},
-            )
-        if window_steps >= 50 or "test_loss" in record:  # evaluation is not a train step
-            window_start, window_steps = time.perf_counter(), 0
-    metrics_file.close()
-    if not last:  # resumed a finished run
-        last = evaluate(model, state, task, config, loss_fn)
-        last = {f"test_{k}": v for k, v in last.items()}
+    try:
+        for step in range(start, config.steps):
+            batch = _batch_arrays(task.batch(config.seed, step, config.batch_size))
+            tokens_per_batch = int(batch[0].shape[0] * batch[0].shape[1])
+            new = step_fn(model, state, opt_state, batch, jax.random.fold_in(key, step))
+            loss, grad_norm = float(new[3]["loss"]), float(new[3]["grad_norm"])
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                what = "loss" if not math.isfinite(loss) else "gradient norm"
+                value = loss if what == "loss" else grad_norm
+                record = {"step": step + 1, **{k: float(v) for k, v in new[3].items()}}
+                metrics_file.write(metrics_line({**record, "event": "diverged"}))
+                raise NonFiniteLoss(
+                    f"the training {what} became {value} at step {step + 1} (loss {loss}, "
+                    f"gradient norm {grad_norm}); stopping before the update. "
+                    + _advice(config, manager, step + 1, changes)
+                )
+            model, state, opt_state = new[0], new[1], new[2]
+            window_steps += 1
+            record = {"step": step + 1, **{k: float(v) for k, v in new[3].items()}}
+            elapsed = time.perf_counter() - window_start
+            record["seconds_per_step"] = elapsed / window_steps
+            record["tokens_per_second"] = tokens_per_batch * window_steps / max(elapsed, 1e-9)
+            done = step + 1 == config.steps
+            if (step + 1) % config.eval_every == 0 or done:
+                evaluation = evaluate(model, state, task, config, loss_fn, step=eval_fn)
+                record.update({f"test_{k}": v for k, v in evaluation.items()})
+            if (step + 1) % config.checkpoint_every == 0 or done:
+                if not bool(_finite((model, opt_state, state))):
+                    raise NonFiniteLoss(
+                        f"the parameters, optimiser state or model state became non-finite at "
+                        f"step {step + 1} (with a finite loss {loss}); not saving them, "
+                        f"stopping. " + _advice(config, manager, step + 1, changes)
+                    )
+            metrics_file.write(metrics_line(record))
+            metrics_file.flush()
+            last = record
+            progress.update(step + 1, _summary(record), force=done or "test_loss" in record)
+            if (step + 1) % config.checkpoint_every == 0 or done:
+                manager.save(
+                    step + 1,
+                    model=model,
+                    opt_state=opt_state,
+                    state=state,
+                    config=config.to_dict(),
+                    key=key,
+                    metadata={"loss": loss},
+                )
+            if window_steps >= 50 or "test_loss" in record:  # evaluation is not a train step
+                window_start, window_steps = time.perf_counter(), 0
+    finally:
+        metrics_file.close()
+    if not last:  # resumed a finished run: its last record holds the final metrics
+        records = [r for r in read_metrics(out / "metrics.jsonl") if "event" not in r]
+        if records and records[-1]["step"] == start and "test_loss" in records[-1]:
+            last = records[-1]
+        else:
+            last = {f"test_{k}": v for k, v in
+                    evaluate(model, state, task, config, loss_fn, step=eval_fn).items()}
+            if checkpoint is not None and "loss" in checkpoint.metadata:
+                last["loss"] = checkpoint.metadata["loss"]
     return last
 
 
+# -- metrics.jsonl ---------------------------------------------------------------------------
+
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _json_value(value: Any) -> Any:
+    """`value` for strict JSON: a float that is not finite becomes "NaN", "Infinity" or
+    "-Infinity" (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def metrics_line(record: dict) -> str:
+    """One line of `metrics.jsonl`: strict JSON (see `_json_value`), newline-terminated."""
+    return json.dumps(_json_value(record), allow_nan=False) + "\n"
+
+
+def _parse_lines(path: pathlib.Path) -> list[tuple[str, dict]]:
+    """The lines of `metrics.jsonl` with their records. A last line that is not valid JSON
+    (a kill during its write) is dropped with a warning naming the file; any other bad line
+    is an error naming the file and the line."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    lines = text.splitlines()
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer step")
+        except ValueError as error:
+            if number == len(lines):
+                warnings.warn(
+                    f"{path}: dropping its last line, which is incomplete (the run was "
+                    f"interrupted while writing it): {line[:60]!r}",
+                    stacklevel=3,
+                )
+                continue
+            raise RunFolderError(
+                f"{path}: line {number} is not a metrics record ({error}); the file is damaged "
+                f"(fix or remove that line, or rerun with --overwrite to start again)."
+            ) from None
+        parsed.append((line, record))
+    return parsed
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a `metrics.jsonl`, with "NaN", "Infinity" and "-Infinity" read back as
+    floats; an incomplete last line is dropped with a warning."""
+    records = [record for _, record in _parse_lines(pathlib.Path(path))]
+    return [
+        {k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in r.items()}
+        for r in records
+    ]
+
+
 def _truncate_metrics(path: pathlib.Path, step: int) -> None:
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    """Keep the records of steps up to `step` (a killed run may have logged a few steps past
+    its last checkpoint, or an incomplete line)."""
+    kept = [line for line, record in _parse_lines(path) if record["step"] <= step]
+    _replace_text(path, "".join(line + "\n" for line in kept))

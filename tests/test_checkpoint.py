@@ -813,6 +813,44 @@ def test_manager_removes_temporaries_of_dead_writers(tmp_path):
     assert not dead.exists() and alive.exists() and foreign.exists()
 
 
+def test_manager_removes_temporaries_of_dead_writers_when_it_opens(tmp_path):
+    """A kill during the last save of a run leaves its temporary file; no later save may
+    come, so opening the directory cleans it."""
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f".checkpoint-00000001.rcx.tmp-{finished.pid}-0badc0de"
+    alive = tmp_path / f".checkpoint-00000002.rcx.tmp-{os.getpid()}-0badc0de"
+    for path in [dead, alive]:
+        path.write_bytes(b"partial")
+    manager = CheckpointManager(tmp_path)
+    assert not dead.exists() and alive.exists()
+    assert manager.all_steps() == [] and manager.latest() is None
+    CheckpointManager(tmp_path / "missing")  # nothing to clean, nothing created
+    assert not (tmp_path / "missing").exists()
+
+
+def test_manager_ignores_a_directory_named_like_a_checkpoint(tmp_path):
+    """Neither read (it used to crash `latest` and `restore`) nor counted towards `keep` (it
+    used to make `save` delete a real checkpoint) nor deleted."""
+    manager = CheckpointManager(tmp_path, keep=2)
+    model = {"x": jnp.ones(2)}
+    manager.save(10, model=model)
+    folder = manager.path(30)
+    folder.mkdir()
+    (folder / "mine.txt").write_text("mine")
+    assert manager.all_steps() == [10]
+    assert manager.latest() == manager.path(10)
+    assert manager.restore(model=model).step == 10
+    manager.save(20, model=model)
+    assert manager.all_steps() == [10, 20]  # both real checkpoints kept
+    manager.save(40, model=model)
+    assert manager.all_steps() == [20, 40]
+    assert (folder / "mine.txt").read_text() == "mine"
+    with pytest.raises(IsADirectoryError, match="checkpoint-00000030.rcx' is a directory"):
+        manager.save(30, model=model)
+    assert (folder / "mine.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [

@@ -288,12 +288,95 @@ def recurrax_steps(out):
 
 
 def test_resume_refuses_a_different_configuration(tmp_path):
+    """--resume may change the optimisation (see test_hostile_cli.py), not the model."""
     settings = presets.run_settings("parity", "mingru", steps=4, checkpoint_every=2,
                                     eval_every=4, batch_size=4, eval_size=8)
     train.train(train.RunConfig(**settings), tmp_path, log=lambda *_: None)
-    other = train.RunConfig(**{**settings, "learning_rate": 0.5})
-    with pytest.raises(ValueError, match="different configuration.*learning_rate"):
+    model_config = {**settings["model_config"], "dropout": 0.5}
+    other = train.RunConfig(**{**settings, "model_config": model_config})
+    with pytest.raises(ValueError, match="different configuration.*model_config"):
         train.train(other, tmp_path, resume=True, log=lambda *_: None)
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
+        train.train(train.RunConfig(**settings), tmp_path, log=lambda *_: None)
+
+
+def _tiny_settings(**overrides):
+    settings = dict(steps=6, checkpoint_every=1, eval_every=2, batch_size=4, eval_size=8,
+                    model_options={"depth": 1, "d_model": 8})
+    settings.update(overrides)
+    return presets.run_settings("parity", "mingru", **settings)
+
+
+def test_evaluation_step_is_compiled_once_per_run(tmp_path, monkeypatch):
+    """Three evaluations in a run, one trace of the evaluation step (it used to be a new
+    `eqx.filter_jit` closure, compiled again, at every evaluation)."""
+    traces = []
+    real_make_loss = train.make_loss
+
+    def counting_make_loss(kind):
+        loss_fn = real_make_loss(kind)
+
+        def counted(model, state, batch, key):
+            if key is None:  # evaluation (training passes a dropout key)
+                traces.append(1)
+            return loss_fn(model, state, batch, key)
+
+        return counted
+
+    monkeypatch.setattr(train, "make_loss", counting_make_loss)
+    monkeypatch.setattr(train, "_COMPILED", {}, raising=False)
+    train.train(train.RunConfig(**_tiny_settings()), tmp_path, log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sum("test_loss" in r for r in records) == 3
+    assert len(traces) == 1
+
+
+def _finite_checkpoints(out):
+    """Every checkpoint file of the run, loaded in full: all its arrays are finite."""
+    import equinox as eqx
+    import jax
+
+    import recurrax
+
+    config = train.RunConfig.from_dict(json.loads((out / "run.json").read_text()))
+    _, _, skeleton, state = train.build(config, initialise=False)
+    opt_state = train._optimizer(config, skeleton).init(eqx.filter(skeleton, eqx.is_inexact_array))
+    manager = recurrax.CheckpointManager(out / "checkpoints")
+    steps = manager.all_steps()
+    for step in steps:
+        loaded = recurrax.load_checkpoint(
+            manager.path(step), model=skeleton, opt_state=opt_state, state=state
+        )
+        for leaf in jax.tree.leaves(eqx.filter((loaded.model, loaded.opt_state, loaded.state),
+                                               eqx.is_inexact_array)):
+            assert np.all(np.isfinite(np.asarray(leaf))), f"non-finite values in step {step}"
+    return steps
+
+
+def test_parameters_that_overflow_are_never_checkpointed(tmp_path):
+    """A learning rate that overflows float32 makes the parameters infinite after the first
+    update while that step's loss and gradient are finite: the checkpoint of what is saved
+    is refused (it used to be written, NaN, as the last good one)."""
+    config = train.RunConfig(**_tiny_settings(learning_rate=1e39, warmup_fraction=0.0))
+    with pytest.raises(train.NonFiniteLoss, match="non-finite at step 1.*not saving"):
+        train.train(config, tmp_path, log=lambda *_: None)
+    assert _finite_checkpoints(tmp_path) == []
+
+
+def test_divergence_stops_at_the_first_non_finite_gradient_norm(tmp_path):
+    """Stopped at the first step whose loss or gradient norm is not finite, before its
+    update; every checkpoint on disk is finite and the advice names --resume and --lr."""
+    config = train.RunConfig(**_tiny_settings(learning_rate=1e30, warmup_fraction=0.0))
+    with pytest.raises(train.NonFiniteLoss) as raised:
+        train.train(config, tmp_path, log=lambda *_: None)
+    records = train.read_metrics(tmp_path / "metrics.jsonl")
+    last = records[-1]
+    assert last["event"] == "diverged"
+    assert not (np.isfinite(last["loss"]) and np.isfinite(last["grad_norm"]))
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in records[:-1])
+    assert f"at step {last['step']}" in str(raised.value)
+    assert "--resume --lr 1e+29" in str(raised.value)
+    assert _finite_checkpoints(tmp_path) == list(range(max(1, last["step"] - 3), last["step"]))
 
 
 def test_every_campaign_command_is_valid():

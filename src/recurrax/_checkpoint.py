@@ -667,8 +667,10 @@ class CheckpointManager:
     one is in place, and a newest file that cannot be read (damaged by a disk or a copy) is
     skipped, with a warning, for the one before it.
 
-    A directory should have one writer. `save` also deletes the temporary files that writers
-    killed mid-write (on this machine) left behind.
+    A directory should have one writer. Opening a manager on an existing directory, and
+    every `save`, delete the temporary files that writers killed mid-write (on this machine)
+    left behind. Only regular files count as checkpoints: anything else named like one (a
+    directory, say) is ignored, neither read nor deleted nor counted towards `keep`.
 
     !!! example
 
@@ -735,6 +737,8 @@ class CheckpointManager:
         self.prefix = prefix
         self._name = re.compile(rf"{re.escape(prefix)}-(\d{{8,}})\.rcx")
         self._temporary = re.compile(rf"\.{re.escape(prefix)}-\d{{8,}}\.rcx\.tmp-(\d+)-\w+")
+        if self.directory.is_dir():  # what killed writers left behind
+            self._remove_stale_temporaries()
 
     def __repr__(self) -> str:
         directory = str(self.directory)
@@ -747,16 +751,22 @@ class CheckpointManager:
 
     def all_steps(self) -> list[int]:
         """The steps of the checkpoint files in the directory, in increasing order (whether
-        or not the files can be read); `[]` if the directory does not exist."""
+        or not the files can be read; only regular files); `[]` if the directory does not
+        exist."""
         try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
+            entries = list(os.scandir(self.directory))
+        except (FileNotFoundError, NotADirectoryError):
             return []
         steps = []
-        for name in names:
-            match = self._name.fullmatch(name)
+        for entry in entries:
+            match = self._name.fullmatch(entry.name)
             if match and f"{int(match.group(1)):08d}" == match.group(1):
-                steps.append(int(match.group(1)))
+                try:
+                    regular = entry.is_file()
+                except OSError:
+                    regular = False
+                if regular:  # a directory named like a checkpoint is not one
+                    steps.append(int(match.group(1)))
         return sorted(steps)
 
     def save(
@@ -790,6 +800,11 @@ class CheckpointManager:
             a warning) but does not become the one `latest` and `restore` pick.
         """
         step = _check_step("CheckpointManager.save", step)
+        if self.path(step).is_dir():
+            raise IsADirectoryError(
+                f"CheckpointManager.save: '{self.path(step)}' is a directory, not a checkpoint "
+                f"file; move it away to save step {step}."
+            )
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True, exist_ok=True)
             _fsync_directory(self.directory.parent)  # make the new directory itself durable
@@ -826,7 +841,11 @@ class CheckpointManager:
         longer runs: what a kill during `save` leaves behind."""
         if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
             return
-        for name in os.listdir(self.directory):
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
             match = self._temporary.fullmatch(name)
             if match is None or int(match.group(1)) == os.getpid():
                 continue
