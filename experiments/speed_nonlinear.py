@@ -113,7 +113,7 @@ def train(kind: str, steps: int, log=print) -> tuple[TrainRow, _Classifier]:
         its = np.asarray(stats["iterations"])
         iterations = f"{its.mean():.1f} (max {its.max()})"
     row = TrainRow(kind, steps, accuracy, wall, float(np.median(times[1:])), iterations)
-    log(f"  {kind:16s} accuracy {accuracy:.3f}  wall {wall:.1f} s")
+    log(f"  {kind:16s} accuracy {accuracy:.3f}  wall {wall:.1f} s  step {ms(row.step_time)} ms")
     return row, model
 
 
@@ -265,7 +265,7 @@ def report(train_rows, rows, machine, command, png) -> str:
                         r.name,
                         f"{100 * r.accuracy:.1f} %",
                         f"{r.wall:.1f}",
-                        ms(r.step_time),
+                        ms(r.step_time) if np.isfinite(r.step_time) else "—",
                         r.iterations or "—",
                     ]
                     for r in train_rows
