@@ -232,12 +232,12 @@ class SelectiveSSM(AbstractRecurrentLayer):
         return jnn.softplus(_dense(self.step_proj, x))
 
     def _input_matrix(self, x):
-        """B as `(input, state)` or B_t as `(length, 1, state)`, complex."""
+        """B as `(1, input, state)` or B_t as `(length, 1, state)`, complex."""
         if self.selective_bc:
             parts = _dense(self.B_proj, x)
             n = self.state_size
             return jax.lax.complex(parts[:, :n], parts[:, n:])[:, None, :]
-        return jax.lax.complex(as_working(self.B_re), as_working(self.B_im))
+        return jax.lax.complex(as_working(self.B_re), as_working(self.B_im))[None]
 
     def _output_matrix(self, x):
         if self.selective_bc:
