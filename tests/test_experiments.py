@@ -212,24 +212,9 @@ def jax_leaves(tree):
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     """A run killed with SIGKILL and resumed ends where an uninterrupted run ends (the same
     batches and dropout keys from (seed, step)), up to floating-point reduction order."""
-    args = [
-        "run",
-        "parity",
-        "--model",
-        "mingru",
-        "--steps",
-        "40",
-        "--checkpoint-every",
-        "10",
-        "--eval-every",
-        "40",
-        "--batch-size",
-        "16",
-        "--eval-size",
-        "64",
-        "--model-set",
-        "dropout=0.1",
-    ]
+    args = ["run", "parity", "--model", "mingru", "--steps", "40", "--checkpoint-every", "10",
+            "--eval-every", "40", "--batch-size", "16", "--eval-size", "64",
+            "--model-set", "dropout=0.1"]
     whole = tmp_path / "whole"
     done = _run_command(*args, "--out", str(whole))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -237,9 +222,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments", *args, "--out", str(killed)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     while time.time() < deadline and not list((killed / "checkpoints").glob("*00000020.rcx")):
@@ -277,9 +260,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
             return batch
 
     monkeypatch.setattr(train, "make_task", lambda *a, **k: Poisoned(real_make_task(*a, **k)))
-    settings = presets.run_settings(
-        "digits", "lru", steps=30, checkpoint_every=10, eval_every=100, batch_size=8
-    )
+    settings = presets.run_settings("digits", "lru", steps=30, checkpoint_every=10,
+                                    eval_every=100, batch_size=8)
     config = train.RunConfig(**settings)
     with pytest.raises(train.NonFiniteLoss, match="step 16"):
         train.train(config, tmp_path, log=lambda *_: None)
@@ -294,9 +276,8 @@ def recurrax_steps(out):
 
 
 def test_resume_refuses_a_different_configuration(tmp_path):
-    settings = presets.run_settings(
-        "parity", "mingru", steps=4, checkpoint_every=2, eval_every=4, batch_size=4, eval_size=8
-    )
+    settings = presets.run_settings("parity", "mingru", steps=4, checkpoint_every=2,
+                                    eval_every=4, batch_size=4, eval_size=8)
     train.train(train.RunConfig(**settings), tmp_path, log=lambda *_: None)
     other = train.RunConfig(**{**settings, "learning_rate": 0.5})
     with pytest.raises(ValueError, match="different configuration.*learning_rate"):
@@ -339,18 +320,8 @@ def test_extrapolate_streams_chunks_to_the_one_call_accuracy(mixer, tmp_path, ca
     out = tmp_path / "run"
     args = ["run", "induction_heads", "--model", mixer, "--steps", "3", "--eval-every", "3"]
     assert main(args + ["--eval-size", "8", "--out", str(out)]) == 0
-    argv = [
-        "extrapolate",
-        str(out),
-        "--length",
-        "16",
-        "--length",
-        "37",
-        "--examples",
-        "12",
-        "--chunk",
-        "5",
-    ]
+    argv = ["extrapolate", str(out), "--length", "16", "--length", "37", "--examples", "12",
+            "--chunk", "5"]
     assert main(argv) == 0
     assert "report:" in capsys.readouterr().out
     rows = json.loads((out / "extrapolation.json").read_text())["rows"]
@@ -378,14 +349,8 @@ def test_extrapolate_streams_chunks_to_the_one_call_accuracy(mixer, tmp_path, ca
         streamed = extrapolate.streamed_last_outputs(frozen, state, test.inputs, 5)
         whole = np.stack([np.asarray(frozen(jnp.asarray(x), state)[0]) for x in test.inputs])
         np.testing.assert_allclose(streamed, whole, rtol=1e-4, atol=1e-5)
-        once = train.evaluate(
-            model,
-            state,
-            task,
-            dataclasses.replace(config, eval_size=12),
-            train.make_loss(task.kind),
-            length=row["length"],
-        )
+        once = train.evaluate(model, state, task, dataclasses.replace(config, eval_size=12),
+                              train.make_loss(task.kind), length=row["length"])
         assert row["accuracy"] == pytest.approx(once["accuracy"])
 
 
@@ -413,13 +378,10 @@ def test_init_from_starts_where_another_run_ended(tmp_path, capsys):
     config = train.RunConfig.from_dict(json.loads((second / "run.json").read_text()))
     assert config.init_from == str(first)
     _, _, initial, _ = train.build(config)
-    assert all(
-        np.array_equal(a, b)
-        for a, b in zip(
-            [np.asarray(x) for x in jax_leaves(eqx.filter(initial, eqx.is_array))],
-            _final_params(first),
-        )
-    )
+    assert all(np.array_equal(a, b) for a, b in zip(
+        [np.asarray(x) for x in jax_leaves(eqx.filter(initial, eqx.is_array))],
+        _final_params(first),
+    ))
     capsys.readouterr()
     other = base + ["--steps", "1", "--depth", "1", "--init-from", str(first)]
     assert main(other + ["--out", str(tmp_path / "x")]) == 2
