@@ -107,6 +107,15 @@ REGISTRY: tuple[Check, ...] = (
         lambda quick, seed: stability.check_bibo(length=400 if quick else 4000, seed=seed),
     ),
     Check(
+        "rglru_bound",
+        "stability",
+        stability.RGLRU_CLAIM,
+        stability.SOURCE_RGLRU,
+        lambda quick, seed: stability.check_rglru_bound(
+            length=256 if quick else 2048, ascent_steps=20 if quick else 60, seed=seed
+        ),
+    ),
+    Check(
         "model_stability_init",
         "stability",
         stability.MODEL_CLAIM,

@@ -1,4 +1,4 @@
-"""The RG-LRU against a float64 loop of Griffin's equations (THEORY §6), streaming, the bounded
+"""The RG-LRU against a float64 loop of Griffin's equations, streaming, the bounded
 square-root derivative at a_t -> 1, the initial distribution, gradients, and the Hawk block."""
 
 import equinox as eqx

@@ -1,5 +1,5 @@
 """The selective diagonal SSM against a float64 loop of the S6 equations with zero-order hold
-(THEORY §9), the constant-step conversion to DiagonalSSM, streaming and gradients."""
+(with the constant-step conversion to DiagonalSSM, streaming and gradients)."""
 
 import equinox as eqx
 import jax
