@@ -27,6 +27,19 @@ def sqrt_bounded_derivative(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]
     $x < 1/(4M^2) = 2.5\times10^{-7}$. Without the bound the derivative is infinite at
     $x = 0$, which is what $1 - a_t^2$ becomes once $a_t$ rounds to 1 (an RG-LRU gate
     closed in bfloat16): one infinite entry then makes every gradient NaN.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+        x = jnp.asarray([0.25, 1e-4, 0.0])
+        recurrax.sqrt_bounded_derivative(x)                   # [0.5, 0.01, 0.0]
+        slope = jax.vmap(jax.grad(recurrax.sqrt_bounded_derivative))(x)
+        # [1.0, 50.0, 1000.0]: 1 / (2 sqrt(x)), capped at 1000 instead of inf
+        ```
     """
     return jnp.sqrt(x)
 
