@@ -388,3 +388,20 @@ def test_init_from_starts_where_another_run_ended(tmp_path, capsys):
     assert "init_from" in capsys.readouterr().err
     assert main(base + ["--init-from", str(tmp_path / "nothing")]) == 2
     assert "init_from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["rglru", "selective-ssm"])
+def test_input_dependent_models_on_every_task(model):
+    """The RG-LRU and the selective SSM configure (Hawk's block) and give a finite loss on a
+    batch of every task, through the presets of `python -m experiments run TASK --model`."""
+    from experiments import presets, train
+    from experiments.tasks import TASKS
+
+    for name in TASKS:
+        settings = presets.run_settings(name, model, model_options=dict(d_model=8, depth=1))
+        config = train.RunConfig(**settings)
+        assert config.model_config["block"] == "hawk"
+        task, _, built, state = train.build(config)
+        batch = train._batch_arrays(task.batch(0, 0, 2))
+        loss, _ = train.make_loss(task.kind)(built, state, batch, None)
+        assert np.isfinite(float(loss)), name
