@@ -89,8 +89,10 @@ CAMPAIGNS: dict[str, list[list[str]]] = {
     # next to the LRU and minGRU on the three recall tasks, one budget for all (400 steps of
     # batch 32 on this shared CPU). Every model but the LRU (whose GLU block has none) gets a
     # width-4 causal convolution before its recurrence, as in Hawk's and Mamba's blocks.
+    # Own run folders (`--out`): other campaigns train the same task and model longer.
     "input-dependent": [
-        [task, "--model", model, "--steps", "400", "--lr", lr, "--eval-every", "200", *extra]
+        [task, "--model", model, "--steps", "400", "--lr", lr, "--eval-every", "200", *extra,
+         "--out", f"runs/{task}-{model}-steps400-d2-s0"]
         for task, lr in (("selective_copying", "3e-3"), ("induction_heads", "5e-3"),
                          ("mqar", "3e-3"))
         for model, extra in (
