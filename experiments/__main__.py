@@ -14,7 +14,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="tasks, models, variants and presets")
     run = commands.add_parser("run", help="train a model on a task and write a report")
     run.add_argument("task", help="a task name (see `list`)")
-    run.add_argument("--model", required=True, help="lru, ssm, mingru, minlstm, gru or lstm")
+    run.add_argument(
+        "--model",
+        required=True,
+        help="lru, ssm, mingru, minlstm, gru, lstm, rglru or selective-ssm",
+    )
     run.add_argument("--preset", default="small", choices=["small", "paper"])
     run.add_argument("--variant", help="an ablation or control variant (see `list`)")
     run.add_argument("--steps", type=int)

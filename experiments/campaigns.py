@@ -4,7 +4,7 @@ runs each (skipping runs already finished), then writes the comparison table.
 Every row of `docs/results/experiments.md` comes from one of these command lines.
 """
 
-MODELS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm")
+MODELS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm", "rglru", "selective-ssm")
 ADDING_RING = 'mixer_options={"r_min": 0.99, "r_max": 0.9999, "max_phase": 0.031415926535897934}'
 
 
@@ -84,6 +84,23 @@ CAMPAIGNS: dict[str, list[list[str]]] = {
         ["induction_heads", "--model", model, "--task-set", "length=256", "--steps", "2500",
          "--lr", "5e-3", "--eval-every", "500", *extra]
         for model, extra in (("lru", []), ("mingru", ["--model-set", "conv_kernel=4"]))
+    ],
+    # What an input-dependent transition buys: the RG-LRU (Hawk block) and the selective SSM
+    # next to the LRU and minGRU on the three recall tasks, one budget for all (400 steps of
+    # batch 32 on this shared CPU). Every model but the LRU (whose GLU block has none) gets a
+    # width-4 causal convolution before its recurrence, as in Hawk's and Mamba's blocks.
+    # Own run folders (`--out`): other campaigns train the same task and model longer.
+    "input-dependent": [
+        [task, "--model", model, "--steps", "400", "--lr", lr, "--eval-every", "200", *extra,
+         "--out", f"runs/{task}-{model}-steps400-d2-s0"]
+        for task, lr in (("selective_copying", "3e-3"), ("induction_heads", "5e-3"),
+                         ("mqar", "3e-3"))
+        for model, extra in (
+            ("lru", []),
+            ("mingru", ["--model-set", "conv_kernel=4"]),
+            ("rglru", ["--model-set", "conv_kernel=4"]),
+            ("selective-ssm", ["--model-set", "conv_kernel=4"]),
+        )
     ],
     "listops": [["listops", "--model", model] for model in MODELS],
     "digits": [["digits", "--model", model] for model in MODELS],

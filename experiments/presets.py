@@ -3,7 +3,8 @@ settings, for a GPU), per task and model family.
 
 The model families follow their papers: the LRU and the diagonal SSM in the LRU paper's GLU
 block with BatchNorm (App. D); minGRU, minLSTM, GRU and LSTM in the minRNN paper's block with
-LayerNorm.
+LayerNorm; the RG-LRU and the selective SSM in Hawk's block (RMSNorm, a width-4
+convolution, a gated MLP of width 3 × d_model).
 """
 
 import math
@@ -13,6 +14,7 @@ from .tasks import make_task
 
 
 LINEAR_TIME_INVARIANT = ("lru", "ssm")
+HAWK = ("rglru", "selective-ssm")
 
 
 def _family(model: str, preset: str) -> dict[str, Any]:
@@ -21,6 +23,12 @@ def _family(model: str, preset: str) -> dict[str, Any]:
         base["state_size"] = 256 if preset == "paper" else 64
         if model == "lru":
             base["mixer_options"] = {"r_min": 0.0, "r_max": 0.99, "max_phase": 2 * math.pi}
+        return base
+    if model in HAWK:
+        base = dict(block="hawk", norm="rms", prenorm=True, final_norm=True, conv_kernel=4)
+        base.update(mlp_expansion=3, expansion=1)
+        if model == "selective-ssm":
+            base["state_size"] = 16  # per feature, as in Mamba
         return base
     return dict(block="mlp", norm="layer", prenorm=True, final_norm=True, expansion=2)
 

@@ -32,7 +32,7 @@ from . import variants
 from .tasks import make_task
 
 
-MODELS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm")
+MODELS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm", "rglru", "selective-ssm")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,7 @@ from .report import (
 )
 from .stability import (
     check_bibo as check_bibo,
+    check_rglru_bound as check_rglru_bound,
     check_stability as check_stability,
     recurrent_eigenvalues as recurrent_eigenvalues,
     train_briefly as train_briefly,

@@ -313,6 +313,137 @@ def train_briefly(model, *, steps=30, length=128, batch=8, learning_rate=1e-2, s
     return model, details
 
 
+# -- the RG-LRU's bounded state -------------------------------------------------------------
+
+SOURCE_RGLRU = "Griffin (De et al., 2024): the RG-LRU's input normalisation sqrt(1 - a_t^2)"
+RGLRU_CLAIM = (
+    "RG-LRU from h_0 = 0 with |x| <= M: |h_t| <= M min(sqrt(t), sqrt((1 + a_max) / (1 - a_max))) "
+    "per channel, a_max = max_k a_k (h_t^2 <= h_{t-1}^2 + (i_t x_t)^2 by Cauchy-Schwarz); "
+    "|h_t| <= M itself does not hold."
+)
+
+
+@eqx.filter_jit
+def _adversarial_inputs(layer, z, bound, steps):
+    """Projected sign-gradient ascent of sum_c h_{L,c} over inputs x = M tanh(z)."""
+
+    def objective(z):
+        return jnp.sum(layer(bound * jnp.tanh(z))[-1])
+
+    def body(z, _):
+        return z + 0.25 * jnp.sign(jax.grad(objective)(z)), None
+
+    z, _ = jax.lax.scan(body, z, None, length=steps)
+    return bound * jnp.tanh(z)
+
+
+def check_rglru_bound(
+    layer=None,
+    *,
+    step: Callable | None = None,
+    bound=1.0,
+    length=512,
+    batch=3,
+    ascent_steps=40,
+    seed=0,
+    name="rglru_bound",
+    plot=True,
+) -> CheckResult:
+    r"""Run an RG-LRU (by `step`, default `layer.step`) from $h_0 = 0$ on inputs with
+    $|x| \le M$ (uniform, random signs, constant $\pm M$, and inputs found by gradient ascent
+    on $\sum_c h_{L,c}$) and compare every $|h_{t,c}|$ with
+    $M \min(\sqrt t, \sqrt{(1 + \bar a_c)/(1 - \bar a_c)})$, $\bar a_c = \max_t a_{t,c}$ of
+    that sequence.
+
+    Why this bound and not $|h_t| \le M$: with $a_t = \cos\phi_t$ the step is
+    $h_t = \cos\phi_t\, h_{t-1} + \sin\phi_t\, u_t$, so $h_t^2 \le h_{t-1}^2 + u_t^2$
+    (Cauchy–Schwarz) and $|h_t| \le \sqrt t\, M$; and $S \mapsto \bar a S + \sqrt{1-\bar a^2}$
+    has the fixed point $\sqrt{(1+\bar a)/(1-\bar a)}$, which bounds the gain when every
+    $a_t \le \bar a$. A constant input exceeds $M$ (gain $\sqrt{(1+a)/(1-a)} > 1$): the
+    normalisation preserves the variance of white noise, not the largest value.
+
+    **Arguments:** `layer`: a [`recurrax.RGLRU`][] (default: width 8, Griffin's ring);
+    `step`: `(h, x_t) -> (h, y_t)` to check instead of `layer.step` (its gates are still
+    read from `layer`).
+
+    **Statistic:** $\max_{t,c} |h_{t,c}| / \text{bound}_{t,c}$, which must not exceed
+    $1 + 10^3\varepsilon$.
+    """
+    key_layer, key_u, key_z = jax.random.split(jax.random.key(seed), 3)
+    if layer is None:
+        layer = recurrax.RGLRU(8, dtype=default_float(), key=key_layer)
+    if not isinstance(layer, recurrax.RGLRU):
+        raise ValueError(
+            f"check_rglru_bound: `layer` must be an RGLRU, got {type(layer).__name__}."
+        )
+    real = np.dtype(layer.a_param.dtype)
+    h = layer.size
+    k_uni, k_sign = jax.random.split(key_u)
+    uniform = jax.random.uniform(k_uni, (batch, length, h), real, -bound, bound)
+    signs = bound * jnp.sign(jax.random.normal(k_sign, (batch, length, h), real))
+    constant = bound * jnp.stack([jnp.ones((length, h), real), -jnp.ones((length, h), real)])
+    z0 = jax.random.normal(key_z, (length, h), real)
+    ascent = _adversarial_inputs(layer, z0, jnp.asarray(bound, real), ascent_steps)[None]
+    u = jnp.concatenate([uniform, signs, constant, ascent])
+    h0 = layer.init_state()
+    if step is None:
+        hs = _layer_states(layer, h0, u)
+    else:
+        hs = jax.jit(jax.vmap(lambda u_seq: _states(step, h0, u_seq)))(u)
+    modulus = np.abs(np.asarray(hs, np.float64))
+    a = np.exp(np.asarray(jax.vmap(layer.log_transition)(u), np.float64))
+    a_max = np.max(a, axis=1, keepdims=True)  # per sequence and channel
+    t = np.arange(1, length + 1)[None, :, None]
+    gain = np.minimum(np.sqrt(t), np.sqrt((1 + a_max) / (1 - a_max)))
+    bound_tc = bound * gain
+    ratio = modulus / bound_tc
+    finite = bool(np.all(np.isfinite(ratio)))
+    worst_at = np.unravel_index(
+        int(np.argmax(np.where(np.isfinite(ratio), ratio, np.inf))), ratio.shape
+    )
+    eps = float(np.finfo(real).eps)
+    kinds = ["uniform"] * batch + ["signs"] * batch + ["constant +M", "constant -M", "ascent"]
+    details = {
+        "layer": f"RGLRU(size={h}, c={layer.c}, num_heads={layer.num_heads})",
+        "input bound M": bound,
+        "length": length,
+        "sequences (uniform, signs, constant, ascent)": [batch, batch, 2, 1],
+        "max |h| / M (the convex-combination bound |h| <= M would need <= 1)": float(
+            np.max(modulus) / bound
+        ),
+        "max ratio to the bound, per input kind": {
+            kind: float(np.max(ratio[[i for i, k in enumerate(kinds) if k == kind]]))
+            for kind in dict.fromkeys(kinds)
+        },
+        "worst at (sequence, step, channel)": [int(i) for i in worst_at],
+    }
+    figures = []
+    if plot:
+        figure, ax = new_figure(width=6.0)
+        seq, _, channel = (int(i) for i in worst_at)
+        steps = np.arange(1, length + 1)
+        ax.plot(steps, modulus[seq, :, channel], label=f"|h_t|, {kinds[seq]} input")
+        ax.plot(steps, bound_tc[seq, :, channel], "--", color="black", label="bound")
+        ax.axhline(bound, color="grey", linestyle=":", label="M = max |x|")
+        ax.set_xscale("log")
+        ax.set_xlabel("step t")
+        ax.set_title("RG-LRU state against M min(sqrt(t), sqrt((1 + a)/(1 - a)))")
+        ax.legend(fontsize=8)
+        figures.append(figure)
+    return CheckResult.measured(
+        name=name,
+        family=FAMILY,
+        claim=RGLRU_CLAIM,
+        source=SOURCE_RGLRU,
+        statistic_name="max |h_tc| / bound_tc",
+        statistic=float(np.max(ratio)) if finite else math.nan,
+        threshold=1.0 + 1e3 * eps,
+        comparison="<=",
+        details=details,
+        figures=figures,
+    )
+
+
 # -- the command line's checks ---------------------------------------------------------------
 
 
@@ -342,4 +473,13 @@ CHECKS: tuple[Check, ...] = (
         ),
     ),
     Check("model_stability_trained", FAMILY, MODEL_CLAIM, MODEL_SOURCE, _model_trained),
+    Check(
+        "rglru_bound",
+        FAMILY,
+        RGLRU_CLAIM,
+        SOURCE_RGLRU,
+        lambda quick, seed: check_rglru_bound(
+            length=256 if quick else 2048, ascent_steps=20 if quick else 60, seed=seed
+        ),
+    ),
 )

@@ -496,3 +496,20 @@ def test_speed_nonlinear_command_writes_its_tables(tmp_path):
     for name in ("GRU, quasi-DEER", "GRU N=16, DEER", "minGRU", "trained GRU, quasi-DEER"):
         assert f"| {name} |" in text
     assert "python -m experiments speed nonlinear --lengths 16 --repeats 1 --train-steps 2" in text
+
+
+@pytest.mark.parametrize("model", ["rglru", "selective-ssm"])
+def test_input_dependent_models_on_every_task(model):
+    """The RG-LRU and the selective SSM configure (Hawk's block) and give a finite loss on a
+    batch of every task, through the presets of `python -m experiments run TASK --model`."""
+    from experiments import presets, train
+    from experiments.tasks import TASKS
+
+    for name in TASKS:
+        settings = presets.run_settings(name, model, model_options=dict(d_model=8, depth=1))
+        config = train.RunConfig(**settings)
+        assert config.model_config["block"] == "hawk"
+        task, _, built, state = train.build(config)
+        batch = train._batch_arrays(task.batch(0, 0, 2))
+        loss, _ = train.make_loss(task.kind)(built, state, batch, None)
+        assert np.isfinite(float(loss)), name

@@ -31,6 +31,8 @@ MIXERS = {
     "minlstm": lambda k: recurrax.MinLSTM(D, HIDDEN, key=k),
     "minlstm-log": lambda k: recurrax.MinLSTM(D, HIDDEN, log_space=True, key=k),
     "gru": lambda k: recurrax.GRU(D, HIDDEN, key=k),
+    "rglru": lambda k: recurrax.RGLRU(D, key=k),
+    "selective-ssm": lambda k: recurrax.SelectiveSSM(D, 3, selective_bc=True, key=k),
     "lstm": lambda k: recurrax.LSTM(D, HIDDEN, key=k),
     "bidirectional-mingru": lambda k: recurrax.Bidirectional(
         recurrax.MinGRU(D, HIDDEN, key=k), recurrax.MinGRU(D, HIDDEN, key=jax.random.fold_in(k, 1))

@@ -17,7 +17,7 @@ from .helpers import relative_error
 
 
 VOCAB, LENGTH, OUT = 11, 13, 3
-MIXERS = ["lru", "ssm", "mingru", "minlstm", "gru", "lstm"]
+MIXERS = ["lru", "ssm", "mingru", "minlstm", "gru", "lstm", "rglru", "selective-ssm"]
 
 
 def _config(mixer, block, **overrides):
@@ -25,6 +25,8 @@ def _config(mixer, block, **overrides):
     base.update(state_size=6, param_dtype="float64")  # exact comparisons in float64
     if block == "mlp":
         base.update(norm="layer", expansion=2, conv_kernel=4, mlp_expansion=2, final_norm=True)
+    elif block == "hawk":
+        base.update(norm="rms", expansion=2, conv_kernel=4, mlp_expansion=2, final_norm=True)
     else:
         base.update(norm="batch")
     base.update(overrides)
@@ -57,6 +59,21 @@ def test_streaming_equals_the_full_call(mixer, block):
         steps.append(y_t)
     assert relative_error(jnp.stack(steps), y) < 1e-12
     for split in (0, 1, 6, LENGTH):
+        h, y1 = scan(model, model.init_state(), x[:split])
+        h, y2 = scan(model, h, x[split:])
+        assert relative_error(jnp.concatenate([y1, y2]), y) < 1e-12
+
+
+@pytest.mark.parametrize("mixer", ["rglru", "selective-ssm", "lru"])
+def test_hawk_block_streams(mixer):
+    """The Hawk block (gated recurrent branch with its convolution, gated MLP), in pieces
+    with carried state, gives the one-call outputs of the whole stack."""
+    model, _ = _config(mixer, "hawk", pooling="none").build(key=jax.random.key(0))
+    assert all(isinstance(block, recurrax.HawkBlock) for block in model.blocks)
+    x = _tokens()[0]
+    y = model(x)
+    scan = eqx.filter_jit(lambda model, h, x: model.scan(h, x))
+    for split in (1, 6):
         h, y1 = scan(model, model.init_state(), x[:split])
         h, y2 = scan(model, h, x[split:])
         assert relative_error(jnp.concatenate([y1, y2]), y) < 1e-12

@@ -231,6 +231,29 @@ def test_bibo_bound_catches_the_gamma_log_mistake():
     assert not wrong.passed and wrong.statistic > 2
 
 
+def _unnormalised_rglru(layer):
+    """The RG-LRU without its sqrt(1 - a_t^2) input factor."""
+
+    def step(h, x_t):
+        r, i = layer.gates(x_t[None])
+        h = jnp.exp(layer.log_transition(x_t[None]))[0] * h + i[0] * x_t
+        return h, h
+
+    return step
+
+
+def test_rglru_bound_holds_and_catches_the_unnormalised_step():
+    layer = recurrax.RGLRU(4, key=KEY(1))
+    result = proofs.check_rglru_bound(layer, length=100, batch=1, ascent_steps=5, plot=False)
+    assert result.passed, result.details
+    # |h_t| <= max |x| is not a property of the RG-LRU: a constant input goes beyond it.
+    assert result.details["max |h| / M (the convex-combination bound |h| <= M would need <= 1)"] > 2
+    wrong = proofs.check_rglru_bound(
+        layer, step=_unnormalised_rglru(layer), length=100, batch=1, ascent_steps=5, plot=False
+    )
+    assert not wrong.passed and wrong.statistic > 1.2
+
+
 def test_check_stability_walks_models_and_layers():
     model, _ = recurrax.ModelConfig(
         mixer="lru", d_model=8, depth=2, input_size=3, state_size=4, norm="layer"

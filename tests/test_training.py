@@ -121,6 +121,34 @@ LAYERS = [
         dict.fromkeys(["a_logit", "weight"], "no_decay"),
     ),
     (
+        "RGLRU",
+        lambda: recurrax.RGLRU(4, key=_key(0)),
+        {"a_param": "recurrent", "input_gate": "decay", "recurrence_gate": "decay"},
+    ),
+    (
+        "RGLRU-heads",
+        lambda: recurrax.RGLRU(4, num_heads=2, key=_key(0)),
+        {"a_param": "recurrent", "input_gate": "decay", "recurrence_gate": "decay"},
+    ),
+    (
+        "SelectiveSSM",
+        lambda: recurrax.SelectiveSSM(3, 4, key=_key(0)),
+        {
+            **dict.fromkeys(
+                ["Lambda_re_log", "Lambda_im", "step_proj", "B_re", "B_im"], "recurrent"
+            ),
+            **dict.fromkeys(["C_re", "C_im", "D"], "decay"),
+        },
+    ),
+    (
+        "SelectiveSSM-bc",
+        lambda: recurrax.SelectiveSSM(3, 4, selective_bc=True, key=_key(0)),
+        {
+            **dict.fromkeys(["Lambda_re_log", "Lambda_im", "step_proj", "B_proj"], "recurrent"),
+            **dict.fromkeys(["C_proj", "D"], "decay"),
+        },
+    ),
+    (
         "Linear",
         lambda: eqx.nn.Linear(3, 4, key=_key(0)),
         dict.fromkeys(["weight", "bias"], "decay"),

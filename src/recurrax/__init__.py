@@ -7,6 +7,7 @@ from ._block import (
     AbstractBlock as AbstractBlock,
     CausalDepthwiseConv as CausalDepthwiseConv,
     GLUBlock as GLUBlock,
+    HawkBlock as HawkBlock,
     MixerMLPBlock as MixerMLPBlock,
 )
 from ._checkpoint import (
@@ -61,6 +62,7 @@ from ._recurrence import (
     linear_recurrence as linear_recurrence,
     log_linear_recurrence as log_linear_recurrence,
 )
+from ._rglru import RGLRU as RGLRU, sqrt_bounded_derivative as sqrt_bounded_derivative
 from ._rnn import GRU as GRU, LSTM as LSTM
 from ._scan import (
     AbstractScan as AbstractScan,
@@ -70,6 +72,7 @@ from ._scan import (
     default_chunk_size as default_chunk_size,
     SequentialScan as SequentialScan,
 )
+from ._selective_ssm import SelectiveSSM as SelectiveSSM
 from ._ssm import DiagonalSSM as DiagonalSSM
 from ._system import (
     ContinuousDiagonalSystem as ContinuousDiagonalSystem,

@@ -1,4 +1,5 @@
-r"""Residual blocks around a mixer: the LRU paper's GLU block and the minRNN paper's block.
+r"""Residual blocks around a mixer: the LRU paper's GLU block, the minRNN paper's block and
+Hawk's block.
 
 A block maps `(length, d_model)` to `(length, d_model)`. It has the streaming convention of
 the mixers, with the normalisation state (`equinox.nn.State`, for BatchNorm) threaded
@@ -436,6 +437,149 @@ class MixerMLPBlock(AbstractBlock):
                 z, state = _apply_norm(self.mlp_norm, z, state, mask)
             z = _dense(self.mlp_out, jnn.gelu(_dense(self.mlp_in, z)))
             x = x + _dropout(self.dropout, z, k2, self.inference)
+            if not self.prenorm:
+                x, state = _apply_norm(self.mlp_norm, x, state, mask)
+        new_h = None if h is None else (h_conv, h_mixer)
+        return x, state, new_h
+
+
+class HawkBlock(AbstractBlock):
+    r"""The residual block of Hawk (Griffin without attention): a gated recurrent block, then
+    a gated MLP block, each with a pre-norm (RMSNorm in Hawk) and a skip:
+
+    $$x \leftarrow x + \operatorname{drop}\big(W_{out}\,[\operatorname{GELU}(W_{gate} z)
+    \odot \operatorname{mixer}(\operatorname{conv}(W_{in} z))]\big),
+    \quad z = \operatorname{norm}(x),$$
+    $$x \leftarrow x + \operatorname{drop}\big(W_{down}\,[\operatorname{GELU}(W_{up,1} z)
+    \odot W_{up,2} z]\big),\quad z = \operatorname{norm}_2(x).$$
+
+    The mixer is Hawk's [`recurrax.RGLRU`][] (any [`recurrax.AbstractMixer`][] works: its
+    input width is that of $W_{in}$ and the convolution, its output width that of
+    $W_{gate}$ and $W_{out}$). The convolution is the causal depthwise one of width 4; the
+    MLP's hidden width is `mlp_expansion` × `d_model` (3 in Griffin). With `prenorm=False`
+    each norm moves after its skip.
+
+    **Fields:** `norm`, `gate_proj`, `in_proj`, `conv` (or `None`), `mixer`, `out_proj`,
+    `mlp_norm`, `mlp_gate`, `mlp_value`, `mlp_out` (the MLP's, or `None`), `dropout`,
+    `prenorm`, `inference`.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        block = recurrax.HawkBlock(16, recurrax.RGLRU(24, key=jax.random.key(0)),
+                                   key=jax.random.key(1))
+        x = jax.random.normal(jax.random.key(2), (50, 16))
+        y, _ = block(x)                                   # (50, 16)
+        h, y_stream, _ = block.scan(block.init_state(), x)  # streaming: the same outputs
+        ```
+    """
+
+    norm: AbstractNorm | None
+    gate_proj: eqx.nn.Linear
+    in_proj: eqx.nn.Linear
+    conv: CausalDepthwiseConv | None
+    mixer: AbstractMixer
+    out_proj: eqx.nn.Linear
+    mlp_norm: AbstractNorm | None
+    mlp_gate: eqx.nn.Linear | None
+    mlp_value: eqx.nn.Linear | None
+    mlp_out: eqx.nn.Linear | None
+    d_model: int = eqx.field(static=True)
+    dropout: float = eqx.field(static=True)
+    prenorm: bool = eqx.field(static=True)
+    inference: bool
+
+    def __init__(
+        self,
+        d_model: int,
+        mixer: AbstractMixer,
+        *,
+        norm: NormName | None = "rms",
+        prenorm: bool = True,
+        conv_kernel: int | None = 4,
+        mlp_expansion: int | None = 3,
+        dropout: float = 0.0,
+        inference: bool = False,
+        dtype=None,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `d_model`: the block's width.
+        - `mixer`: any [`recurrax.AbstractMixer`][], e.g. `RGLRU(width)`.
+        - `norm`: `"rms"` (Hawk's), `"layer"`, `"batch"` or `None`.
+        - `prenorm`: normalise each sub-block's input (`True`) or its output.
+        - `conv_kernel`: the causal depthwise convolution's size (4), or `None` for none.
+        - `mlp_expansion`: the gated MLP's hidden width over `d_model` (3), or `None` for
+            no MLP block.
+        - `dropout`: the rate, in $[0, 1)$.
+        - `inference`, `dtype`, `key`: as for [`recurrax.GLUBlock`][].
+
+        **Raises:** `ValueError` naming a bad size, norm or rate.
+        """
+        check_positive_int("HawkBlock", "d_model", d_model)
+        _check_mixer("HawkBlock", mixer)
+        _check_rate("HawkBlock", dropout)
+        if conv_kernel is not None:
+            check_positive_int("HawkBlock", "conv_kernel", conv_kernel)
+        if mlp_expansion is not None:
+            check_positive_int("HawkBlock", "mlp_expansion", mlp_expansion)
+        dtype = default_float(dtype)
+        keys = jax.random.split(key, 7)
+        d, w_in, w_out = int(d_model), mixer.input_size, mixer.output_size
+        self.norm = make_norm(norm, d, dtype=dtype)
+        self.gate_proj = eqx.nn.Linear(d, w_out, dtype=dtype, key=keys[0])
+        self.in_proj = eqx.nn.Linear(d, w_in, dtype=dtype, key=keys[1])
+        self.conv = (
+            None
+            if conv_kernel is None
+            else CausalDepthwiseConv(w_in, conv_kernel, dtype=dtype, key=keys[2])
+        )
+        self.mixer = mixer
+        self.out_proj = eqx.nn.Linear(w_out, d, dtype=dtype, key=keys[3])
+        if mlp_expansion is None:
+            self.mlp_norm = self.mlp_gate = self.mlp_value = self.mlp_out = None
+        else:
+            hidden = mlp_expansion * d
+            self.mlp_norm = make_norm(norm, d, dtype=dtype)
+            self.mlp_gate = eqx.nn.Linear(d, hidden, dtype=dtype, key=keys[4])
+            self.mlp_value = eqx.nn.Linear(d, hidden, dtype=dtype, key=keys[5])
+            self.mlp_out = eqx.nn.Linear(hidden, d, dtype=dtype, key=keys[6])
+        self.d_model, self.dropout, self.prenorm = d, float(dropout), bool(prenorm)
+        self.inference = bool(inference)
+
+    def init_state(self) -> PyTree[Array]:
+        """`(conv history or None, mixer state)`."""
+        conv = None if self.conv is None else self.conv.init_state()
+        return conv, self.mixer.init_state()
+
+    def _forward(self, x, state, h, mask, key):
+        k1, k2 = _split(key, 2)
+        h_conv, h_mixer = (None, None) if h is None else h
+        z = x
+        if self.prenorm:
+            z, state = _apply_norm(self.norm, z, state, mask)
+        gate = jnn.gelu(_dense(self.gate_proj, z))
+        u = _dense(self.in_proj, z)
+        if self.conv is not None:
+            if h is None:
+                u = self.conv(u, mask=mask)
+            else:
+                h_conv, u = self.conv.scan(h_conv, u, mask=mask)
+        u, h_mixer = _mix(self.mixer, u, h_mixer, mask)
+        z = _dense(self.out_proj, gate * u)
+        x = x + _dropout(self.dropout, z, k1, self.inference)
+        if not self.prenorm:
+            x, state = _apply_norm(self.norm, x, state, mask)
+        if self.mlp_out is not None:
+            z = x
+            if self.prenorm:
+                z, state = _apply_norm(self.mlp_norm, z, state, mask)
+            z = jnn.gelu(_dense(self.mlp_gate, z)) * _dense(self.mlp_value, z)
+            x = x + _dropout(self.dropout, _dense(self.mlp_out, z), k2, self.inference)
             if not self.prenorm:
                 x, state = _apply_norm(self.mlp_norm, x, state, mask)
         new_h = None if h is None else (h_conv, h_mixer)

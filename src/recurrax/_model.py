@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from ._block import _dense, AbstractBlock, GLUBlock, make_norm, MixerMLPBlock
+from ._block import _dense, AbstractBlock, GLUBlock, HawkBlock, make_norm, MixerMLPBlock
 from ._checks import check_positive_int
 from ._discretisation import BackwardEuler, Bilinear, ForwardEuler, ZeroOrderHold
 from ._init import HiPPOLegS, S4DInv, S4DLin
@@ -18,7 +18,9 @@ from ._lru import LRU
 from ._minrnn import MinGRU, MinLSTM
 from ._mixer import AbstractMixer, Bidirectional, check_mask
 from ._norm import AbstractNorm, BatchNorm
+from ._rglru import RGLRU
 from ._rnn import GRU, LSTM
+from ._selective_ssm import SelectiveSSM
 from ._ssm import DiagonalSSM
 from ._validate import check_array, check_bool, check_real, check_state
 
@@ -367,8 +369,8 @@ def _pool(pooling: str, z, mask):
 
 # -- configuration -----------------------------------------------------------------------
 
-_MIXERS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm")
-_BLOCKS = ("glu", "mlp")
+_MIXERS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm", "rglru", "selective-ssm")
+_BLOCKS = ("glu", "mlp", "hawk")
 _SSM_INITS = {"hippo": HiPPOLegS, "s4d-lin": S4DLin, "s4d-inv": S4DInv}
 _DISCRETISATIONS = {
     "zoh": ZeroOrderHold,
@@ -385,14 +387,16 @@ class ModelConfig:
 
     **Fields:**
 
-    - `mixer`: `"lru"`, `"ssm"`, `"mingru"`, `"minlstm"`, `"gru"` or `"lstm"`.
+    - `mixer`: `"lru"`, `"ssm"`, `"mingru"`, `"minlstm"`, `"gru"`, `"lstm"`, `"rglru"`
+        ([`recurrax.RGLRU`][]) or `"selective-ssm"` ([`recurrax.SelectiveSSM`][]).
     - `d_model`, `depth`, `output_size`.
     - `vocab_size` (token inputs) or `input_size` (feature inputs): exactly one.
-    - `block`: `"glu"` (the LRU paper's, [`recurrax.GLUBlock`][]) or `"mlp"` (the minRNN
-        paper's, [`recurrax.MixerMLPBlock`][]).
-    - `state_size`: $N$ of the LRU/SSM.
-    - `expansion`: the mixer's width over `d_model` in an `"mlp"` block (6 in the minRNN
-        paper's selective copying); 1 in a `"glu"` block.
+    - `block`: `"glu"` (the LRU paper's, [`recurrax.GLUBlock`][]), `"mlp"` (the minRNN
+        paper's, [`recurrax.MixerMLPBlock`][]) or `"hawk"` (Hawk's, [`recurrax.HawkBlock`][],
+        with `conv_kernel` and `mlp_expansion` as given: 4 and 3 in Hawk).
+    - `state_size`: $N$ of the LRU/SSM/selective SSM.
+    - `expansion`: the mixer's width over `d_model` in an `"mlp"` or `"hawk"` block (6 in
+        the minRNN paper's selective copying); 1 in a `"glu"` block.
     - `norm` (`"batch"`, `"layer"`, `"rms"` or `None`), `prenorm`, `final_norm`.
     - `dropout`, `conv_kernel` (`None` or e.g. 4), `mlp_expansion` (`None` or e.g. 4).
     - `pooling`: `"mean"`, `"last"` or `"none"`.
@@ -500,19 +504,23 @@ class ModelConfig:
 
     def make_mixer(self, width: int, *, key: PRNGKeyArray) -> AbstractMixer:
         """The configured mixer for blocks of `width` features: minGRU/minLSTM/GRU/LSTM map
-        `width -> expansion * width`; the LRU and SSM work at `expansion * width` (the block
-        projects in and out)."""
+        `width -> expansion * width`; the LRU, the SSMs and the RG-LRU work at
+        `expansion * width` (the block projects in and out)."""
         options = dict(self.mixer_options)
         dtype = np.dtype(self.param_dtype)
         hidden = width * self.expansion
-        if self.mixer in ("lru", "ssm"):
-            if self.mixer == "ssm":
+        if self.mixer in ("lru", "ssm", "selective-ssm"):
+            if self.mixer != "lru":
                 if "init" in options:
                     options["init"] = _lookup("init", _SSM_INITS, options["init"])()
                 if "discretisation" in options:
                     options["discretisation"] = _lookup(
                         "discretisation", _DISCRETISATIONS, options["discretisation"]
                     )()
+            if self.mixer == "selective-ssm":
+                return _bidirectional_pair(SelectiveSSM, self.bidirectional, key)(
+                    hidden, self.state_size, dtype=dtype, **options
+                )
             cls = LRU if self.mixer == "lru" else DiagonalSSM
             return cls(
                 hidden,
@@ -521,6 +529,10 @@ class ModelConfig:
                 dtype=dtype,
                 key=key,
                 **options,
+            )
+        if self.mixer == "rglru":
+            return _bidirectional_pair(RGLRU, self.bidirectional, key)(
+                hidden, dtype=dtype, **options
             )
         cls = {"mingru": MinGRU, "minlstm": MinLSTM, "gru": GRU, "lstm": LSTM}[self.mixer]
         if not self.bidirectional:
@@ -535,6 +547,19 @@ class ModelConfig:
         """`(model, state)`: the model and its normalisation state (empty without
         BatchNorm), as `equinox.nn.make_with_state` gives them."""
         return eqx.nn.make_with_state(_build)(self, key)
+
+
+def _bidirectional_pair(cls, bidirectional: bool, key):
+    """A constructor of `cls(*args, key=..., **kwargs)`, or of a [`recurrax.Bidirectional`][]
+    pair of them (one key each) when `bidirectional`."""
+
+    def make(*args, **kwargs):
+        if not bidirectional:
+            return cls(*args, key=key, **kwargs)
+        k1, k2 = jax.random.split(key)
+        return Bidirectional(cls(*args, key=k1, **kwargs), cls(*args, key=k2, **kwargs))
+
+    return make
 
 
 def _lookup(name, table, value):
@@ -560,6 +585,10 @@ def _build(config: ModelConfig, key) -> SequenceModel:
         if config.block == "glu":
             mixer = config.make_mixer(d, key=k_mixer)
             blocks.append(GLUBlock(mixer, key=k_block, **common))
+        elif config.block == "hawk":
+            mixer = config.make_mixer(d, key=k_mixer)
+            sizes = dict(conv_kernel=config.conv_kernel, mlp_expansion=config.mlp_expansion)
+            blocks.append(HawkBlock(d, mixer, key=k_block, **sizes, **common))
         else:
             mixer = config.make_mixer(d, key=k_mixer)
             blocks.append(

@@ -26,7 +26,9 @@ from jaxtyping import PRNGKeyArray, PyTree, Scalar
 from ._layer import AbstractRecurrentLayer
 from ._lru import LRU
 from ._minrnn import MinGRU, MinLSTM
+from ._rglru import RGLRU
 from ._rnn import GRU, LSTM
+from ._selective_ssm import SelectiveSSM
 from ._ssm import DiagonalSSM
 
 
@@ -43,6 +45,12 @@ RECURRENT_FIELDS: Mapping[type, frozenset[str]] = types.MappingProxyType(
         # The same roles in the continuous parameterisation: Lambda and the step make the
         # discrete eigenvalues, B is the input matrix.
         DiagonalSSM: frozenset({"Lambda_re_log", "Lambda_im", "log_step", "B_re", "B_im"}),
+        # Griffin: the RG-LRU's a = sigmoid(Lambda); its gates are ordinary weights.
+        RGLRU: frozenset({"a_param"}),
+        # The selective SSM: the step (now a projection of the input) and B's roles as above.
+        SelectiveSSM: frozenset(
+            {"Lambda_re_log", "Lambda_im", "step_proj", "B_re", "B_im", "B_proj"}
+        ),
     }
 )
 """The layers with a `"recurrent"` group: `{layer type: names of its recurrent fields}`. The
@@ -141,6 +149,9 @@ def param_labels(
         `"recurrent"` (base × `lr_factor`, no decay); `C_re`, `C_im`, `D` are `"decay"`.
     - [`recurrax.DiagonalSSM`][]: `Lambda_re_log`, `Lambda_im`, `log_step`, `B_re`, `B_im`
         are `"recurrent"`; `C_re`, `C_im`, `D` are `"decay"`.
+    - [`recurrax.RGLRU`][]: `a_param` is `"recurrent"`; the gates are `"decay"`.
+    - [`recurrax.SelectiveSSM`][]: `Lambda_re_log`, `Lambda_im`, `step_proj`, `B_re`,
+        `B_im`, `B_proj` are `"recurrent"`; `C_re`, `C_im`, `C_proj`, `D` are `"decay"`.
     - [`recurrax.MinGRU`][], [`recurrax.MinLSTM`][], [`recurrax.GRU`][],
         [`recurrax.LSTM`][], `eqx.nn.GRUCell`, `eqx.nn.LSTMCell` and any other
         [`recurrax.AbstractRecurrentLayer`][]: all `"no_decay"` (base, no decay).
