@@ -479,14 +479,24 @@ def eval_step(
     return dict(metrics, loss=loss)
 
 
-def make_eval_step(loss_fn: LossFn) -> Callable:
+def make_eval_step(loss_fn: LossFn, mesh: Mesh | None = None) -> Callable:
     """[`recurrax.eval_step`][] compiled with `eqx.filter_jit`:
     `step(model, state, batch) -> metrics`. On sharded inputs it runs data-parallel (the
-    computation follows the data's sharding)."""
+    computation follows the data's sharding).
+
+    With a `mesh` spanning several processes, each process passes its share of the batch
+    and the same model, as for [`recurrax.make_data_parallel_train_step`][]; the inputs are
+    made global arrays with [`recurrax.shard_batch`][] and [`recurrax.replicate`][]."""
 
     @eqx.filter_jit
-    def step(model, state, batch):
+    def compiled(model, state, batch):
         return eval_step(model, state, batch, loss_fn=loss_fn)
+
+    def step(model, state, batch):
+        if mesh is not None and _spans_processes(mesh):
+            model, state = replicate((model, state), mesh)
+            batch = shard_batch(batch, mesh)
+        return compiled(model, state, batch)
 
     return step
 
@@ -547,24 +557,48 @@ def _check_batch(owner: str, batch, devices: int) -> None:
             )
 
 
-def _check_single_process(owner: str, mesh: Mesh) -> None:
+def _spans_processes(mesh: Mesh) -> bool:
+    """Whether `mesh` holds devices of several processes (multi-host, after
+    `jax.distributed.initialize`)."""
     here = jax.process_index()
-    if any(d.process_index != here for d in mesh.devices.flat):
-        raise ValueError(
-            f"{owner}: the mesh spans several processes; build global arrays from each "
-            f"process's local data with jax.make_array_from_process_local_data instead "
-            f"(docs/training.md, 'Several hosts')."
-        )
+    return any(d.process_index != here for d in mesh.devices.flat)
+
+
+def _local_size(mesh: Mesh) -> int:
+    """The devices of this process along the `"data"` axis (its share of the batch)."""
+    axis = mesh.axis_names.index(DATA_AXIS)
+    here = jax.process_index()
+    rows = np.moveaxis(mesh.devices, axis, 0).reshape(mesh.devices.shape[axis], -1)
+    return sum(any(d.process_index == here for d in row) for row in rows)
+
+
+def _to_global(x, sharding: NamedSharding):
+    """A global array with `sharding` from this process's part of it (the whole array when
+    `sharding` replicates it). A global array already is kept."""
+    if isinstance(x, jax.Array) and (x.sharding == sharding or not x.is_fully_addressable):
+        return x
+    if jnp.issubdtype(jnp.result_type(x), jax.dtypes.prng_key):
+        data = _to_global(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+
+def _local(x) -> bool:
+    return eqx.is_array(x) and not (isinstance(x, jax.Array) and not x.is_fully_addressable)
 
 
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     r"""Place a batch on the mesh, split along its leading (batch) axis over `"data"`:
     `NamedSharding(mesh, PartitionSpec("data"))` for every array leaf.
 
+    When the mesh spans several processes (multi-host), each process passes its own share
+    of the global batch (its rows; the shares are concatenated in process order) and gets
+    the global arrays, built with `jax.make_array_from_process_local_data`.
+
     **Arguments:**
 
-    - `batch`: a pytree of arrays whose leading axes are the batch (non-array leaves are
-        kept as they are).
+    - `batch`: a pytree of arrays whose leading axes are the batch, or this process's share
+        of it (non-array leaves are kept as they are; global arrays too).
     - `mesh`: from [`recurrax.make_data_mesh`][].
 
     **Returns:**
@@ -574,13 +608,17 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     **Raises:**
 
     `ValueError` if an array has no leading axis or a batch size not divisible by the number
-    of devices, or if the mesh spans several processes (single process only).
+    of devices (of this process, on a mesh spanning several processes).
     """
     owner = "shard_batch"
     devices = _data_size(owner, mesh)
-    _check_single_process(owner, mesh)
-    _check_batch(owner, batch, devices)
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    if _spans_processes(mesh):
+        _check_batch(
+            owner, jax.tree.map(lambda x: x if _local(x) else None, batch), _local_size(mesh)
+        )
+        return jax.tree.map(lambda x: _to_global(x, sharding) if eqx.is_array(x) else x, batch)
+    _check_batch(owner, batch, devices)
     return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, batch)
 
 
@@ -588,12 +626,12 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     r"""Copy every array of a pytree (a model, an optimiser state, a key) to every device of
     the mesh: `NamedSharding(mesh, PartitionSpec())`. Non-array leaves are kept.
 
-    **Raises:**
-
-    `ValueError` if the mesh spans several processes (single process only).
+    On a mesh spanning several processes every process must pass the same values (a model
+    built from the same seed, or read from the same checkpoint); global arrays are kept.
     """
-    _check_single_process("replicate", mesh)
     sharding = NamedSharding(mesh, PartitionSpec())
+    if _spans_processes(mesh):
+        return jax.tree.map(lambda x: _to_global(x, sharding) if eqx.is_array(x) else x, tree)
     return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
 
 
@@ -653,6 +691,9 @@ def make_data_parallel_train_step(
         return _constrain(out, replicated)
 
     def step(model, state, opt_state, batch, key):
+        if _spans_processes(mesh):  # every input must be a global array
+            model, state, opt_state, key = replicate((model, state, opt_state, key), mesh)
+            batch = shard_batch(batch, mesh)
         return compiled((batch, key), model, state, opt_state)
 
     return step
