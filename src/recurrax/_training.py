@@ -504,6 +504,16 @@ def make_eval_step(loss_fn: LossFn, mesh: Mesh | None = None) -> Callable:
 # -- data parallel ----------------------------------------------------------------------------
 
 DATA_AXIS = "data"
+SEQ_AXIS = "seq"
+
+
+def _batch_sharding(mesh: Mesh, x) -> NamedSharding:
+    """`("data",)` for a batch array; `("data", "seq")` for a `(batch, time, ...)` array on a
+    mesh with a `"seq"` axis that divides its second axis (sequence parallelism)."""
+    shape = np.shape(x)
+    if SEQ_AXIS in mesh.axis_names and len(shape) >= 2 and shape[1] % mesh.shape[SEQ_AXIS] == 0:
+        return NamedSharding(mesh, PartitionSpec(DATA_AXIS, SEQ_AXIS))
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def make_data_mesh(devices: Collection[jax.Device] | None = None) -> Mesh:
@@ -599,7 +609,10 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
 
     - `batch`: a pytree of arrays whose leading axes are the batch, or this process's share
         of it (non-array leaves are kept as they are; global arrays too).
-    - `mesh`: from [`recurrax.make_data_mesh`][].
+    - `mesh`: from [`recurrax.make_data_mesh`][], or a 2-D mesh with axes `"data"` and
+        `"seq"`: arrays of two or more axes `(batch, time, ...)` are then split over both
+        (the time axis over `"seq"`, for [`recurrax.SequenceParallelScan`][]) when `"seq"`
+        divides their length.
 
     **Returns:**
 
@@ -612,14 +625,17 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     """
     owner = "shard_batch"
     devices = _data_size(owner, mesh)
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     if _spans_processes(mesh):
         _check_batch(
             owner, jax.tree.map(lambda x: x if _local(x) else None, batch), _local_size(mesh)
         )
-        return jax.tree.map(lambda x: _to_global(x, sharding) if eqx.is_array(x) else x, batch)
-    _check_batch(owner, batch, devices)
-    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, batch)
+        place = _to_global
+    else:
+        _check_batch(owner, batch, devices)
+        place = jax.device_put
+    return jax.tree.map(
+        lambda x: place(x, _batch_sharding(mesh, x)) if eqx.is_array(x) else x, batch
+    )
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
@@ -664,7 +680,10 @@ def make_data_parallel_train_step(
     **Arguments:**
 
     - `optimizer`, `loss_fn`, `donate`: as for [`recurrax.make_train_step`][].
-    - `mesh`: a mesh with a `"data"` axis ([`recurrax.make_data_mesh`][]).
+    - `mesh`: a mesh with a `"data"` axis ([`recurrax.make_data_mesh`][]). With a second
+        axis `"seq"`, `(batch, time, ...)` arrays of the batch are split over both, as by
+        [`recurrax.shard_batch`][]: sequence parallelism, for a model whose mixers use
+        [`recurrax.SequenceParallelScan`][] on that mesh.
 
     **Returns:**
 
@@ -677,7 +696,6 @@ def make_data_parallel_train_step(
     """
     owner = "make_data_parallel_train_step"
     devices = _data_size(owner, mesh)
-    data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
     donation = _donation(donate)
 
@@ -685,7 +703,14 @@ def make_data_parallel_train_step(
     def compiled(inputs, model, state, opt_state):
         batch, key = inputs
         _check_batch("data-parallel train step", batch, devices)
-        batch = _constrain(batch, data)
+        batch = jax.tree.map(
+            lambda x: (
+                jax.lax.with_sharding_constraint(x, _batch_sharding(mesh, x))
+                if eqx.is_array(x)
+                else x
+            ),
+            batch,
+        )
         model, state, opt_state, key = _constrain((model, state, opt_state, key), replicated)
         out = train_step(model, state, opt_state, batch, key, optimizer=optimizer, loss_fn=loss_fn)
         return _constrain(out, replicated)
