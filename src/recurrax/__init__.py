@@ -73,6 +73,7 @@ from ._scan import (
     SequentialScan as SequentialScan,
 )
 from ._selective_ssm import SelectiveSSM as SelectiveSSM
+from ._sequence_parallel import SequenceParallelScan as SequenceParallelScan
 from ._ssm import DiagonalSSM as DiagonalSSM
 from ._system import (
     ContinuousDiagonalSystem as ContinuousDiagonalSystem,

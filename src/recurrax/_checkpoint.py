@@ -49,6 +49,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jaxtyping import PRNGKeyArray, PyTree
 
 
@@ -658,6 +659,19 @@ def _check_leaves(path: pathlib.Path, name: str, saved: list, expected: list) ->
 # -- several checkpoints ----------------------------------------------------------------------
 
 
+def _one_copy(leaf: Any) -> Any:
+    """This process's copy of a replicated global array (other leaves unchanged)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        if not leaf.is_fully_replicated:
+            raise ValueError(
+                f"CheckpointManager.save: on several processes every array must be replicated "
+                f"(recurrax.replicate), got one of shape {leaf.shape} sharded as "
+                f"{leaf.sharding}."
+            )
+        return leaf.addressable_data(0)
+    return leaf
+
+
 class CheckpointManager:
     """Keeps the last few checkpoints of a training run in a directory, as
     `{prefix}-{step:08d}.rcx` files, and restores the newest one that can be read.
@@ -805,6 +819,18 @@ class CheckpointManager:
                 f"CheckpointManager.save: '{self.path(step)}' is a directory, not a checkpoint "
                 f"file; move it away to save step {step}."
             )
+        if jax.process_count() == 1:
+            return self._save(step, model, config, opt_state, state, key, metadata)
+        # Several processes (multi-host): each passes the same replicated values; the first
+        # writes, and every process waits until the file is in place.
+        model, opt_state, state, key = jax.tree.map(_one_copy, (model, opt_state, state, key))
+        written = self.path(step)
+        if jax.process_index() == 0:
+            written = self._save(step, model, config, opt_state, state, key, metadata)
+        multihost_utils.sync_global_devices(f"recurrax checkpoint {self.path(step)}")
+        return written
+
+    def _save(self, step, model, config, opt_state, state, key, metadata) -> pathlib.Path:
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True, exist_ok=True)
             _fsync_directory(self.directory.parent)  # make the new directory itself durable
@@ -814,7 +840,7 @@ class CheckpointManager:
                 f"CheckpointManager.save: step {step} is below the newest step on disk, "
                 f"{steps[-1]}, in '{self.directory}'; latest() and restore() will still pick "
                 f"step {steps[-1]}.",
-                stacklevel=2,
+                stacklevel=3,
             )
         written = save_checkpoint(
             self.path(step),

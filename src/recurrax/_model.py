@@ -20,6 +20,7 @@ from ._mixer import AbstractMixer, Bidirectional, check_mask
 from ._norm import AbstractNorm, BatchNorm
 from ._rglru import RGLRU
 from ._rnn import GRU, LSTM
+from ._scan import AbstractScan
 from ._selective_ssm import SelectiveSSM
 from ._ssm import DiagonalSSM
 from ._validate import check_array, check_bool, check_real, check_state
@@ -502,11 +503,22 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}.")
         return cls(**data)
 
-    def make_mixer(self, width: int, *, key: PRNGKeyArray) -> AbstractMixer:
+    def make_mixer(
+        self, width: int, *, key: PRNGKeyArray, method: AbstractScan | None = None
+    ) -> AbstractMixer:
         """The configured mixer for blocks of `width` features: minGRU/minLSTM/GRU/LSTM map
         `width -> expansion * width`; the LRU, the SSMs and the RG-LRU work at
-        `expansion * width` (the block projects in and out)."""
+        `expansion * width` (the block projects in and out). `method`: the scan strategy of
+        the linear mixers (not part of the configuration: it changes how, not what, they
+        compute)."""
         options = dict(self.mixer_options)
+        if method is not None:
+            if self.mixer in ("gru", "lstm"):
+                raise ValueError(
+                    f"ModelConfig: the {self.mixer!r} mixer is a nonlinear recurrence and takes "
+                    f"no scan strategy, got method={method!r}."
+                )
+            options["method"] = method
         dtype = np.dtype(self.param_dtype)
         hidden = width * self.expansion
         if self.mixer in ("lru", "ssm", "selective-ssm"):
@@ -543,10 +555,14 @@ class ModelConfig:
             cls(width, hidden, dtype=dtype, key=k2, **options),
         )
 
-    def build(self, *, key: PRNGKeyArray) -> tuple[SequenceModel, eqx.nn.State]:
+    def build(
+        self, *, key: PRNGKeyArray, method: AbstractScan | None = None
+    ) -> tuple[SequenceModel, eqx.nn.State]:
         """`(model, state)`: the model and its normalisation state (empty without
-        BatchNorm), as `equinox.nn.make_with_state` gives them."""
-        return eqx.nn.make_with_state(_build)(self, key)
+        BatchNorm), as `equinox.nn.make_with_state` gives them. `method`: the scan strategy
+        of every linear mixer (e.g. [`recurrax.SequenceParallelScan`][]); `None` for the
+        default."""
+        return eqx.nn.make_with_state(_build)(self, key, method)
 
 
 def _bidirectional_pair(cls, bidirectional: bool, key):
@@ -570,7 +586,7 @@ def _lookup(name, table, value):
     return table[value]
 
 
-def _build(config: ModelConfig, key) -> SequenceModel:
+def _build(config: ModelConfig, key, method=None) -> SequenceModel:
     dtype = np.dtype(config.param_dtype)
     d = config.d_model
     k_enc, k_head, k_blocks = jax.random.split(key, 3)
@@ -583,14 +599,14 @@ def _build(config: ModelConfig, key) -> SequenceModel:
         k_mixer, k_block = jax.random.split(k)
         common = dict(norm=config.norm, prenorm=config.prenorm, dropout=config.dropout, dtype=dtype)
         if config.block == "glu":
-            mixer = config.make_mixer(d, key=k_mixer)
+            mixer = config.make_mixer(d, key=k_mixer, method=method)
             blocks.append(GLUBlock(mixer, key=k_block, **common))
         elif config.block == "hawk":
-            mixer = config.make_mixer(d, key=k_mixer)
+            mixer = config.make_mixer(d, key=k_mixer, method=method)
             sizes = dict(conv_kernel=config.conv_kernel, mlp_expansion=config.mlp_expansion)
             blocks.append(HawkBlock(d, mixer, key=k_block, **sizes, **common))
         else:
-            mixer = config.make_mixer(d, key=k_mixer)
+            mixer = config.make_mixer(d, key=k_mixer, method=method)
             blocks.append(
                 MixerMLPBlock(
                     d,

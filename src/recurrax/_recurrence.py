@@ -6,6 +6,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType
 from jaxtyping import Array, ArrayLike, Float, Inexact
 
 from ._dtypes import working_dtype
@@ -117,11 +118,32 @@ def _resolve(method: AbstractScan, *arrays) -> AbstractScan:
 
 
 def _shift(a: Array, reverse: bool) -> Array:
-    """The coefficient of the transposed system: a_{t+1} forward, a_{t-1} reverse."""
-    edge = jnp.zeros_like(a[:1])
-    if reverse:
-        return jnp.concatenate([edge, a[:-1]], axis=0)
-    return jnp.concatenate([a[1:], edge], axis=0)
+    """`a` one step along time, zero at the edge: a_{t+1} forward, a_{t-1} reverse (the
+    coefficient of the transposed system). A pad, not a concatenation: over a sharded time
+    axis it moves one row between neighbouring devices instead of gathering the axis."""
+    low, high = (1, -1) if reverse else (-1, 1)
+    return lax.pad(a, jnp.zeros((), a.dtype), [(low, high, 0)] + [(0, 0, 0)] * (a.ndim - 1))
+
+
+def _explicit_axes(x: Array) -> tuple[str, ...]:
+    """The mesh axes of explicit sharding type (`jax.make_mesh`'s default) in `x`'s type."""
+    mesh = jax.typeof(x).sharding.mesh
+    return tuple(n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit)
+
+
+def _sharding_agnostic(solve, *args: Array | None) -> Array:
+    """`solve(*args)` with every explicit mesh axis turned automatic around it.
+
+    The engine shifts and scatters along time, which explicit sharding refuses on a sharded
+    time axis; automatic axes let the compiler partition the strategy (or
+    `SequenceParallelScan` partition it by hand). The result keeps the sharding of the last
+    argument's type.
+    """
+    axes = _explicit_axes(args[1])
+    if not axes:
+        return solve(*args)
+    out_sharding = jax.typeof(args[1]).sharding
+    return jax.sharding.auto_axes(solve, axes=axes, out_sharding=out_sharding)(*args)
 
 
 def _solve_linear(
@@ -141,12 +163,7 @@ def _solve_linear(
     a_full = a[None] if invariant else a  # explicit broadcast over time
 
     def matvec(h):
-        zero = jnp.zeros_like(h[:1])
-        if reverse:
-            previous = jnp.concatenate([h[1:], zero], axis=0)
-        else:
-            previous = jnp.concatenate([zero, h[:-1]], axis=0)
-        return h - a_full * previous
+        return h - a_full * _shift(h, not reverse)
 
     def solve(_, rhs):
         zero = jnp.zeros(rhs.shape[1:], rhs.dtype)
@@ -219,7 +236,8 @@ def linear_recurrence(
     method = _resolve(method, a, b, h0)
     if b.shape[0] == 0:
         return b
-    return _solve_linear(method, a, b, h0, bool(reverse))
+    reverse = bool(reverse)
+    return _sharding_agnostic(lambda a, b, h0: _solve_linear(method, a, b, h0, reverse), a, b, h0)
 
 
 def _safe_exp_ratio(num: Array, den: Array) -> Array:
@@ -246,10 +264,8 @@ def _solve_log_jvp(method, reverse, primals, tangents):
     log_a, log_b, log_h0 = primals
     d_a, d_b, d_h0 = tangents
     log_h = _solve_log(method, log_a, log_b, log_h0, reverse)
-    if reverse:
-        previous = jnp.concatenate([log_h[1:], log_h0[None]], axis=0)
-    else:
-        previous = jnp.concatenate([log_h0[None], log_h[:-1]], axis=0)
+    first = log_h.shape[0] - 1 if reverse else 0
+    previous = _shift(log_h, not reverse).at[first].set(log_h0)
     if log_a.ndim == log_b.ndim - 1:  # time-invariant: broadcast over time explicitly
         log_a, d_a = log_a[None], d_a[None]
     r = _safe_exp_ratio(log_a + previous, log_h)
@@ -321,4 +337,7 @@ def log_linear_recurrence(
         log_h0 = jnp.full(log_b.shape[1:], -jnp.inf, log_b.dtype)
     if log_b.shape[0] == 0:
         return log_b
-    return _solve_log(method, log_a, log_b, log_h0, bool(reverse))
+    reverse = bool(reverse)
+    return _sharding_agnostic(
+        lambda a, b, h0: _solve_log(method, a, b, h0, reverse), log_a, log_b, log_h0
+    )

@@ -492,14 +492,24 @@ def eval_step(
     return dict(metrics, loss=loss)
 
 
-def make_eval_step(loss_fn: LossFn) -> Callable:
+def make_eval_step(loss_fn: LossFn, mesh: Mesh | None = None) -> Callable:
     """[`recurrax.eval_step`][] compiled with `eqx.filter_jit`:
     `step(model, state, batch) -> metrics`. On sharded inputs it runs data-parallel (the
-    computation follows the data's sharding)."""
+    computation follows the data's sharding).
+
+    With a `mesh` spanning several processes, each process passes its share of the batch
+    and the same model, as for [`recurrax.make_data_parallel_train_step`][]; the inputs are
+    made global arrays with [`recurrax.shard_batch`][] and [`recurrax.replicate`][]."""
 
     @eqx.filter_jit
-    def step(model, state, batch):
+    def compiled(model, state, batch):
         return eval_step(model, state, batch, loss_fn=loss_fn)
+
+    def step(model, state, batch):
+        if mesh is not None and _spans_processes(mesh):
+            model, state = replicate((model, state), mesh)
+            batch = shard_batch(batch, mesh)
+        return compiled(model, state, batch)
 
     return step
 
@@ -507,6 +517,16 @@ def make_eval_step(loss_fn: LossFn) -> Callable:
 # -- data parallel ----------------------------------------------------------------------------
 
 DATA_AXIS = "data"
+SEQ_AXIS = "seq"
+
+
+def _batch_sharding(mesh: Mesh, x) -> NamedSharding:
+    """`("data",)` for a batch array; `("data", "seq")` for a `(batch, time, ...)` array on a
+    mesh with a `"seq"` axis that divides its second axis (sequence parallelism)."""
+    shape = np.shape(x)
+    if SEQ_AXIS in mesh.axis_names and len(shape) >= 2 and shape[1] % mesh.shape[SEQ_AXIS] == 0:
+        return NamedSharding(mesh, PartitionSpec(DATA_AXIS, SEQ_AXIS))
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def make_data_mesh(devices: Collection[jax.Device] | None = None) -> Mesh:
@@ -560,25 +580,52 @@ def _check_batch(owner: str, batch, devices: int) -> None:
             )
 
 
-def _check_single_process(owner: str, mesh: Mesh) -> None:
+def _spans_processes(mesh: Mesh) -> bool:
+    """Whether `mesh` holds devices of several processes (multi-host, after
+    `jax.distributed.initialize`)."""
     here = jax.process_index()
-    if any(d.process_index != here for d in mesh.devices.flat):
-        raise ValueError(
-            f"{owner}: the mesh spans several processes; build global arrays from each "
-            f"process's local data with jax.make_array_from_process_local_data instead "
-            f"(docs/training.md, 'Several hosts')."
-        )
+    return any(d.process_index != here for d in mesh.devices.flat)
+
+
+def _local_size(mesh: Mesh) -> int:
+    """The devices of this process along the `"data"` axis (its share of the batch)."""
+    axis = mesh.axis_names.index(DATA_AXIS)
+    here = jax.process_index()
+    rows = np.moveaxis(mesh.devices, axis, 0).reshape(mesh.devices.shape[axis], -1)
+    return sum(any(d.process_index == here for d in row) for row in rows)
+
+
+def _to_global(x, sharding: NamedSharding):
+    """A global array with `sharding` from this process's part of it (the whole array when
+    `sharding` replicates it). A global array already is kept."""
+    if isinstance(x, jax.Array) and (x.sharding == sharding or not x.is_fully_addressable):
+        return x
+    if jnp.issubdtype(jnp.result_type(x), jax.dtypes.prng_key):
+        data = _to_global(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+
+def _local(x) -> bool:
+    return eqx.is_array(x) and not (isinstance(x, jax.Array) and not x.is_fully_addressable)
 
 
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     r"""Place a batch on the mesh, split along its leading (batch) axis over `"data"`:
     `NamedSharding(mesh, PartitionSpec("data"))` for every array leaf.
 
+    When the mesh spans several processes (multi-host), each process passes its own share
+    of the global batch (its rows; the shares are concatenated in process order) and gets
+    the global arrays, built with `jax.make_array_from_process_local_data`.
+
     **Arguments:**
 
-    - `batch`: a pytree of arrays whose leading axes are the batch (non-array leaves are
-        kept as they are).
-    - `mesh`: from [`recurrax.make_data_mesh`][].
+    - `batch`: a pytree of arrays whose leading axes are the batch, or this process's share
+        of it (non-array leaves are kept as they are; global arrays too).
+    - `mesh`: from [`recurrax.make_data_mesh`][], or a 2-D mesh with axes `"data"` and
+        `"seq"`: arrays of two or more axes `(batch, time, ...)` are then split over both
+        (the time axis over `"seq"`, for [`recurrax.SequenceParallelScan`][]) when `"seq"`
+        divides their length.
 
     **Returns:**
 
@@ -587,26 +634,33 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     **Raises:**
 
     `ValueError` if an array has no leading axis or a batch size not divisible by the number
-    of devices, or if the mesh spans several processes (single process only).
+    of devices (of this process, on a mesh spanning several processes).
     """
     owner = "shard_batch"
     devices = _data_size(owner, mesh)
-    _check_single_process(owner, mesh)
-    _check_batch(owner, batch, devices)
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, batch)
+    if _spans_processes(mesh):
+        _check_batch(
+            owner, jax.tree.map(lambda x: x if _local(x) else None, batch), _local_size(mesh)
+        )
+        place = _to_global
+    else:
+        _check_batch(owner, batch, devices)
+        place = jax.device_put
+    return jax.tree.map(
+        lambda x: place(x, _batch_sharding(mesh, x)) if eqx.is_array(x) else x, batch
+    )
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     r"""Copy every array of a pytree (a model, an optimiser state, a key) to every device of
     the mesh: `NamedSharding(mesh, PartitionSpec())`. Non-array leaves are kept.
 
-    **Raises:**
-
-    `ValueError` if the mesh spans several processes (single process only).
+    On a mesh spanning several processes every process must pass the same values (a model
+    built from the same seed, or read from the same checkpoint); global arrays are kept.
     """
-    _check_single_process("replicate", mesh)
     sharding = NamedSharding(mesh, PartitionSpec())
+    if _spans_processes(mesh):
+        return jax.tree.map(lambda x: _to_global(x, sharding) if eqx.is_array(x) else x, tree)
     return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
 
 
@@ -639,7 +693,10 @@ def make_data_parallel_train_step(
     **Arguments:**
 
     - `optimizer`, `loss_fn`, `donate`: as for [`recurrax.make_train_step`][].
-    - `mesh`: a mesh with a `"data"` axis ([`recurrax.make_data_mesh`][]).
+    - `mesh`: a mesh with a `"data"` axis ([`recurrax.make_data_mesh`][]). With a second
+        axis `"seq"`, `(batch, time, ...)` arrays of the batch are split over both, as by
+        [`recurrax.shard_batch`][]: sequence parallelism, for a model whose mixers use
+        [`recurrax.SequenceParallelScan`][] on that mesh.
 
     **Returns:**
 
@@ -652,7 +709,6 @@ def make_data_parallel_train_step(
     """
     owner = "make_data_parallel_train_step"
     devices = _data_size(owner, mesh)
-    data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
     donation = _donation(donate)
 
@@ -660,12 +716,22 @@ def make_data_parallel_train_step(
     def compiled(inputs, model, state, opt_state):
         batch, key = inputs
         _check_batch("data-parallel train step", batch, devices)
-        batch = _constrain(batch, data)
+        batch = jax.tree.map(
+            lambda x: (
+                jax.lax.with_sharding_constraint(x, _batch_sharding(mesh, x))
+                if eqx.is_array(x)
+                else x
+            ),
+            batch,
+        )
         model, state, opt_state, key = _constrain((model, state, opt_state, key), replicated)
         out = train_step(model, state, opt_state, batch, key, optimizer=optimizer, loss_fn=loss_fn)
         return _constrain(out, replicated)
 
     def step(model, state, opt_state, batch, key):
+        if _spans_processes(mesh):  # every input must be a global array
+            model, state, opt_state, key = replicate((model, state, opt_state, key), mesh)
+            batch = shard_batch(batch, mesh)
         return compiled((batch, key), model, state, opt_state)
 
     return step
