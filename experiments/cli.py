@@ -49,6 +49,8 @@ def run_folder(config: train.RunConfig, model_set: list[str]) -> pathlib.Path:
         name += f"-m{digest}"
     if config.init_from:
         name += "-from-" + pathlib.Path(config.init_from).name[:40]
+    if config.packing:
+        name += "-packed"
     name += f"-d{config.model_config['depth']}-s{config.seed}"
     return pathlib.Path("runs") / name
 
@@ -84,7 +86,11 @@ def configure(args) -> tuple[train.RunConfig, pathlib.Path]:
         checkpoint_every=args.checkpoint_every,
     )
     config = train.RunConfig(
-        variant=args.variant, seed=args.seed, init_from=args.init_from, **settings
+        variant=args.variant,
+        seed=args.seed,
+        init_from=args.init_from,
+        packing=getattr(args, "packing", False),
+        **settings,
     )
     return config, pathlib.Path(args.out or run_folder(config, args.model_set))
 

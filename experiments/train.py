@@ -23,7 +23,7 @@ import numpy as np
 
 import recurrax
 
-from . import variants
+from . import packing as packing_, variants
 from .tasks import make_task
 
 
@@ -36,7 +36,11 @@ class RunConfig:
 
     `init_from`: a run folder whose last checkpoint gives the starting parameters (and
     BatchNorm statistics) of the model, e.g. a run of the same model at a shorter length (a
-    length curriculum); the optimiser, schedule and step count start afresh."""
+    length curriculum); the optimiser, schedule and step count start afresh.
+
+    `packing`: train on packed rows (whole examples one after another, restarting at each)
+    instead of padded ones; variable-length classification tasks only (`experiments.packing`).
+    """
 
     task: str
     model: str
@@ -56,13 +60,15 @@ class RunConfig:
     checkpoint_every: int = 100
     seed: int = 0
     init_from: str | None = None
+    packing: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
-        return cls(**{"init_from": None, **data})  # runs made before `init_from` existed
+        # Runs made before `init_from` and `packing` existed.
+        return cls(**{"init_from": None, "packing": False, **data})
 
 
 class NonFiniteLoss(RuntimeError):
@@ -122,6 +128,8 @@ def build(config: RunConfig, *, initialise: bool = True):
     `config.init_from` when set), or with `initialise=False` a fresh model of the same
     structure (a skeleton to load a checkpoint into)."""
     task = make_task(config.task, preset=config.preset, **config.task_options)
+    if config.packing:
+        packing_.check_packable(task)
     model_config = recurrax.ModelConfig.from_dict(config.model_config)
     key = jax.random.fold_in(jax.random.key(config.seed), 0)
     model, state = model_config.build(key=key)
@@ -300,12 +308,18 @@ def train(
         _truncate_metrics(out / "metrics.jsonl", start)
     metrics_file = (out / "metrics.jsonl").open("a")
 
-    step_fn = recurrax.make_train_step(optimizer, loss_fn)
+    slots = packing_.slots_per_row(task) if config.packing else 0
+    train_loss = packing_.make_packed_loss(slots) if config.packing else loss_fn
+    step_fn = recurrax.make_train_step(optimizer, train_loss)
     progress = _Progress(config.steps, progress_stream)
     window_start, window_steps = time.perf_counter(), 0
     last: dict[str, Any] = {}
     for step in range(start, config.steps):
-        batch = _batch_arrays(task.batch(config.seed, step, config.batch_size))
+        batch = task.batch(config.seed, step, config.batch_size)
+        if config.packing:  # the same examples in fewer rows; evaluation stays padded
+            batch = packing_.packed_arrays(packing_.pack(batch, slots))
+        else:
+            batch = _batch_arrays(batch)
         tokens_per_batch = int(batch[0].shape[0] * batch[0].shape[1])
         new = step_fn(model, state, opt_state, batch, jax.random.fold_in(key, step))
         loss = float(new[3]["loss"])

@@ -57,6 +57,7 @@ from ._scan import (
     default_chunk_size as default_chunk_size,
     SequentialScan as SequentialScan,
 )
+from ._segments import pool_segments as pool_segments, segment_starts as segment_starts
 from ._ssm import DiagonalSSM as DiagonalSSM
 from ._system import (
     ContinuousDiagonalSystem as ContinuousDiagonalSystem,

@@ -130,11 +130,10 @@ def _check_resets(fn: str, resets, length: int):
     return jnp.asarray(resets)
 
 
-def _cuts(resets: Array, reverse: bool) -> Array:
-    r"""The steps whose entering state is the restart state. Forward: the segment starts.
-    Reverse: each segment's last step ($t$ with $\rho_{t+1}$; the very last step already
-    starts from the given state)."""
-    if not reverse:
+def segment_cuts(resets, reverse: bool):
+    """The steps entered from the initial state: the segment starts, or, in reverse, each
+    segment's last step (the step before a start)."""
+    if not reverse or resets.shape[0] == 0:
         return resets
     return jnp.concatenate([resets[1:], jnp.zeros((1,), jnp.bool_)])
 
@@ -159,11 +158,11 @@ def _apply_resets(log_space: bool, a, b, restart, cuts):
     a_t = a[None] if a.ndim == b.ndim - 1 else a
     if log_space:
         if restart is not None:
-            b = jnp.where(c, _log_add(b, a_t + restart), b)
+            b = jnp.where(c, _log_add(b, a_t + restart[None]), b)
         a = jnp.where(c, jnp.full((), -jnp.inf, a.dtype), a_t)
     else:
         if restart is not None:
-            b = b + jnp.where(c, a_t * restart, jnp.zeros((), b.dtype))
+            b = b + jnp.where(c, a_t * restart[None], jnp.zeros((), b.dtype))
         a = jnp.where(c, jnp.zeros((), a.dtype), a_t)
     return jnp.broadcast_to(a, b.shape), b
 
@@ -262,9 +261,7 @@ def linear_recurrence(
         assert jnp.allclose(h[-1], (1 - lam**4) / (1 - lam))
         ```
     """
-    return recurrence(
-        "linear_recurrence", a, b, h0, reverse=reverse, method=method, resets=resets
-    )
+    return recurrence("linear_recurrence", a, b, h0, reverse=reverse, method=method, resets=resets)
 
 
 def recurrence(
@@ -305,7 +302,7 @@ def recurrence(
     if b.shape[0] == 0:
         return b
     if resets is not None:
-        a, b = _apply_resets(log_space, a, b, restart, _cuts(resets, reverse))
+        a, b = _apply_resets(log_space, a, b, restart, segment_cuts(resets, reverse))
     if log_space:
         return _solve_log(method, a, b, h0, reverse)
     return _solve_linear(method, a, b, h0, reverse)

@@ -11,7 +11,8 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._checks import check_positive_int
 from ._dtypes import as_working, default_float, working_dtype
-from ._mixer import AbstractMixer, check_mask
+from ._mixer import AbstractMixer, check_mask, check_resets
+from ._recurrence import segment_cuts
 
 
 def _check_sizes(owner, input_size, hidden_size):
@@ -23,23 +24,32 @@ def _uniform(key, shape, bound, dtype):
     return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
 
 
-def _run(owner, cell, weight_hh, state, x, gi, reverse, mask, output):
+def _run(owner, cell, weight_hh, state, x, gi, reverse, mask, output, resets=None, initial=None):
     """The sequential loop shared by GRU and LSTM: masked steps keep the state and output
-    zeros; the recurrence runs in the working dtype, the outputs in the dtype of `x`."""
+    zeros; at a segment start (`resets`) the carry is replaced by `initial` (in reverse, at
+    each segment's last step); the recurrence runs in the working dtype, the outputs in the
+    dtype of `x`."""
     check_mask(owner, mask, x.shape[0])
+    check_resets(owner, resets, x.shape[0])
     gi = as_working(gi)
     w_hh = as_working(weight_hh)
     if mask is None:
         mask = jnp.ones((x.shape[0],), jnp.bool_)
+    if resets is None:
+        cuts = jnp.zeros((x.shape[0],), jnp.bool_)
+    else:
+        cuts = segment_cuts(resets, reverse)
 
     def body(state, inputs):
-        gi_t, m_t = inputs
+        gi_t, m_t, cut_t = inputs
+        if initial is not None:
+            state = jax.tree.map(lambda i, s: jnp.where(cut_t, i, s), initial, state)
         new = cell(w_hh, state, gi_t)
         y = output(new)
         state = jax.tree.map(lambda n, o: jnp.where(m_t, n, o), new, state)
         return state, jnp.where(m_t, y, jnp.zeros((), y.dtype)).astype(x.dtype)
 
-    return lax.scan(body, state, (gi, mask), reverse=reverse)
+    return lax.scan(body, state, (gi, mask, cuts), reverse=reverse)
 
 
 def _check_input(owner, x, input_size, per_step):
@@ -124,24 +134,30 @@ class GRU(AbstractMixer):
         *,
         reverse: bool = False,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
     ) -> tuple[Float[Array, " hidden"], Float[Array, "length hidden"]]:
         """`jax.lax.scan(lambda h, x_t: self.step(h, x_t), h, x, reverse=reverse)`, with the
         input projections hoisted out of the loop; masked steps keep the state and output
-        zeros."""
+        zeros; at each segment start of `resets` the state is reset to `init_state()`."""
         _check_input("GRU", x, self.input_size, per_step=False)
         h = as_working(h)
         gi = x @ self.weight_ih.T + self.bias[None]
-        return _run("GRU", self._cell, self.weight_hh, h, x, gi, reverse, mask, lambda h: h)
+        initial = None if resets is None else self.init_state()
+        return _run(
+            "GRU", self._cell, self.weight_hh, h, x, gi, reverse, mask, lambda h: h, resets, initial
+        )
 
     def __call__(
         self,
         x: Float[Array, "length input"],
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length hidden"]:
-        """All hidden states from zeros, `(length, hidden_size)`."""
-        return self.scan(self.init_state(), x, mask=mask)[1]
+        """All hidden states from zeros, `(length, hidden_size)`; each segment of `resets`
+        starts from zeros again."""
+        return self.scan(self.init_state(), x, mask=mask, resets=resets)[1]
 
 
 class LSTM(AbstractMixer):
@@ -214,23 +230,39 @@ class LSTM(AbstractMixer):
         *,
         reverse: bool = False,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
     ) -> tuple[
         tuple[Float[Array, " hidden"], Float[Array, " hidden"]], Float[Array, "length hidden"]
     ]:
         """`jax.lax.scan(lambda s, x_t: self.step(s, x_t), state, x, reverse=reverse)`, with
         the input projections hoisted out of the loop; masked steps keep the state and output
-        zeros."""
+        zeros; at each segment start of `resets` the state is reset to `init_state()`."""
         _check_input("LSTM", x, self.input_size, per_step=False)
         state = (as_working(state[0]), as_working(state[1]))
         gi = x @ self.weight_ih.T + self.bias[None]
-        return _run("LSTM", self._cell, self.weight_hh, state, x, gi, reverse, mask, lambda s: s[0])
+        initial = None if resets is None else self.init_state()
+        return _run(
+            "LSTM",
+            self._cell,
+            self.weight_hh,
+            state,
+            x,
+            gi,
+            reverse,
+            mask,
+            lambda s: s[0],
+            resets,
+            initial,
+        )
 
     def __call__(
         self,
         x: Float[Array, "length input"],
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length hidden"]:
-        """All hidden states from zeros, `(length, hidden_size)`."""
-        return self.scan(self.init_state(), x, mask=mask)[1]
+        """All hidden states from zeros, `(length, hidden_size)`; each segment of `resets`
+        starts from zeros again."""
+        return self.scan(self.init_state(), x, mask=mask, resets=resets)[1]
