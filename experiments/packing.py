@@ -42,7 +42,7 @@ def slots_per_row(task) -> int:
     return max(1, width // max(1, getattr(task, "min_length", 1)))
 
 
-def pack(batch: Batch, slots: int, *, row_multiple: int = 8) -> PackedBatch:
+def pack(batch: Batch, slots: int, *, row_multiple: int = 4) -> PackedBatch:
     """Pack the examples of a right-padded classification batch into rows of the same width.
 
     First fit by decreasing length: each example goes into the first row with room for it

@@ -31,14 +31,18 @@ def _pass(step_fn, model, state, opt_state, batches, key):
     jax.block_until_ready(out[3])
 
 
-def _median_pass(step_fn, model, state, opt_state, batches, key, repeats):
-    _pass(step_fn, model, state, opt_state, batches, key)  # warm-up: compiles every shape
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _median_passes(runs, model, state, opt_state, key, repeats):
+    """Median time of a pass over each run's batches, the runs timed in turn within every
+    repeat (after a warm-up pass of each, which compiles every shape)."""
+    for step_fn, batches in runs:
         _pass(step_fn, model, state, opt_state, batches, key)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for (step_fn, batches), record in zip(runs, times):
+            start = time.perf_counter()
+            _pass(step_fn, model, state, opt_state, batches, key)
+            record.append(time.perf_counter() - start)
+    return [float(np.median(record)) for record in times]
 
 
 def run(args) -> int:
@@ -60,8 +64,14 @@ def run(args) -> int:
         key = jax.random.key(0)
         padded_step = recurrax.make_train_step(optimizer, train.make_loss(task.kind))
         packed_step = recurrax.make_train_step(optimizer, packing.make_packed_loss(slots))
-        t_pad = _median_pass(padded_step, model, state, opt_state, padded, key, args.repeats)
-        t_pack = _median_pass(packed_step, model, state, opt_state, packed, key, args.repeats)
+        t_pad, t_pack = _median_passes(
+            [(padded_step, padded), (packed_step, packed)],
+            model,
+            state,
+            opt_state,
+            key,
+            args.repeats,
+        )
         rows.append(
             [
                 model_name,
@@ -98,10 +108,11 @@ def run(args) -> int:
             f"Written by `{command}`. One training step (forward, backward, AdamW update) "
             f"per batch of {config.batch_size} examples of the {args.preset} preset, the same "
             "examples padded (one per row) or packed (whole examples filling rows, resets at "
-            "their starts, pooled per example; rows rounded up to a multiple of 8). "
+            "their starts, pooled per example; rows rounded up to a multiple of 4). "
             "Tokens/s counts the examples' own tokens; 'tokens used' is the share of the "
             "computed positions that hold one. Medians of "
-            f"{args.repeats} passes over all batches after a warm-up pass, in one process.",
+            f"{args.repeats} passes over all batches after a warm-up pass, padded and packed "
+            "timed in turn in one process.",
             "",
             Machine.here().line(),
             "",

@@ -6,16 +6,19 @@ coefficient (an LRU's λ) becomes per step wherever resets are given, and a per-
 `resets=` for both kinds of coefficient, every strategy, forward and forward+backward
 (`jax.grad` of `sum(|h|^2)` with respect to the coefficient and b), batch 8, state 256,
 complex64 for the time-invariant case and float32 for the per-step one. Times are medians
-of `--repeats` calls after a warm-up, all in one process, so the ratio compares like with
-like.
+of `--repeats` calls after a warm-up, with and without resets timed in turn in one process,
+so the ratio compares like with like.
 """
+
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
 
 import recurrax
 
-from ._timing import emit_report, Machine, markdown_table, median_time, ms
+from ._timing import emit_report, Machine, markdown_table, ms
 
 
 BATCH = 8
@@ -58,6 +61,20 @@ def _functions(method, invariant: bool, with_resets: bool):
     return forward, jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
+def _paired_medians(calls, repeats: int) -> list[float]:
+    """Median wall time of each call, timed in turn within every repeat (after a warm-up
+    call of each), so that a change in the machine's load affects all of them alike."""
+    for call in calls:
+        jax.block_until_ready(call())
+    times = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, record in zip(calls, times):
+            start = time.perf_counter()
+            jax.block_until_ready(call())
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
+
+
 def run(args) -> int:
     lengths = tuple(args.lengths or LENGTHS)
     rows = []
@@ -66,14 +83,10 @@ def run(args) -> int:
         for length in lengths:
             a, b, resets = _inputs(length, invariant)
             for name, method in STRATEGIES.items():
-                times = {}
-                for with_resets in (False, True):
-                    forward, backward = _functions(method, invariant, with_resets)
-                    times[with_resets] = (
-                        median_time(lambda: forward(a, b, resets), args.repeats),
-                        median_time(lambda: backward(a, b, resets), args.repeats),
-                    )
-                plain, reset = times[False], times[True]
+                fns = [_functions(method, invariant, flag) for flag in (False, True)]
+                fwd = _paired_medians([lambda f=f: f[0](a, b, resets) for f in fns], args.repeats)
+                bwd = _paired_medians([lambda f=f: f[1](a, b, resets) for f in fns], args.repeats)
+                plain, reset = (fwd[0], bwd[0]), (fwd[1], bwd[1])
                 rows.append(
                     [
                         kind,
