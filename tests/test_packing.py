@@ -14,6 +14,12 @@ from experiments.__main__ import main
 from .helpers import relative_error
 
 
+def _clone(state):
+    """A fresh copy of an `eqx.nn.State` (each may be used once)."""
+    leaves, treedef = jax.tree.flatten(state)
+    return jax.tree.unflatten(treedef, leaves)
+
+
 def _setup(model="lru"):
     settings = presets.run_settings(
         "listops",
@@ -60,9 +66,9 @@ def test_loss_and_accuracy_per_example_equal_padded(model):
     padded_arrays = train._batch_arrays(batch)
     packed_arrays = packing.packed_arrays(packed)
     # Per example: the logits of the padded row and of its slot in a packed row.
-    out_padded, _ = train._forward(net, state, padded_arrays[0], padded_arrays[2], None)
+    out_padded, _ = train._forward(net, _clone(state), padded_arrays[0], padded_arrays[2], None)
     out_packed, _ = packing.packed_outputs(
-        net, state, packed_arrays[0], packed_arrays[2], packed_arrays[3], slots
+        net, _clone(state), packed_arrays[0], packed_arrays[2], packed_arrays[3], slots
     )
     filled = packed.example >= 0
     per_example = np.zeros_like(np.asarray(out_padded))
@@ -72,10 +78,10 @@ def test_loss_and_accuracy_per_example_equal_padded(model):
     padded_loss = train.make_loss(task.kind)
     packed_loss = packing.make_packed_loss(slots)
     (l1, (_, m1)), g1 = eqx.filter_value_and_grad(padded_loss, has_aux=True)(
-        net, state, padded_arrays, None
+        net, _clone(state), padded_arrays, None
     )
     (l2, (_, m2)), g2 = eqx.filter_value_and_grad(packed_loss, has_aux=True)(
-        net, state, packed_arrays, None
+        net, _clone(state), packed_arrays, None
     )
     assert abs(float(l1) - float(l2)) < 1e-5 * abs(float(l1))
     assert float(m1["accuracy"]) == float(m2["accuracy"])
