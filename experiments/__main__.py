@@ -1,6 +1,6 @@
 """Command line: `python -m experiments list`, `run TASK --model MODEL`, `campaign NAME`,
 `extrapolate RUN_FOLDER`, `report`,
-`speed {engine,lru,minrnn,nonlinear}`, `accuracy {engine,minrnn}`."""
+`speed {engine,lru,minrnn,nonlinear,resets,packing}`, `accuracy {engine,minrnn}`."""
 
 import argparse
 import sys
@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         "--init-from", metavar="RUN_FOLDER",
         help="start from the last checkpoint of another run of the same model (e.g. at a "
         "shorter length); the optimiser and schedule start afresh",
+    )
+    run.add_argument(
+        "--packing", action="store_true",
+        help="variable-length classification (listops): fill rows with whole examples, "
+        "restarting every layer at each (resets), instead of padding each example",
     )
     campaign = commands.add_parser("campaign", help="run a named set of runs (see campaigns.py)")
     campaign.add_argument("name", help="a campaign name, or 'all'")
@@ -124,6 +129,20 @@ def _parser() -> argparse.ArgumentParser:
     nonlinear.add_argument(
         "--out", default="docs/results/speed-nonlinear.md", help="markdown file (PNG beside it)"
     )
+    resets = which.add_parser(
+        "resets", help="the engine with and without segment resets (packed sequences)"
+    )
+    resets.add_argument("--lengths", type=int, nargs="+", help="sequence lengths to time")
+    resets.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    resets.add_argument("--out", default="docs/results/speed-resets.md", help="markdown file")
+    packed = which.add_parser(
+        "packing", help="ListOps training throughput, padded against packed (same examples)"
+    )
+    packed.add_argument("--preset", default="small", choices=["small", "paper"])
+    packed.add_argument("--models", nargs="+", help="models to time (default lru mingru)")
+    packed.add_argument("--batches", type=int, default=8, help="batches of examples per pass")
+    packed.add_argument("--repeats", type=int, default=3, help="timed passes (median)")
+    packed.add_argument("--out", default="docs/results/speed-packing.md", help="markdown file")
     accuracy = commands.add_parser("accuracy", help="float32 accuracy measurements")
     which_acc = accuracy.add_subparsers(dest="which", required=True)
     acc = which_acc.add_parser("engine", help="every strategy against a float64 loop")
@@ -172,6 +191,14 @@ def main(argv=None) -> int:
         from . import speed_nonlinear
 
         return speed_nonlinear.run(args)
+    if args.command == "speed" and args.which == "resets":
+        from . import speed_resets
+
+        return speed_resets.run(args)
+    if args.command == "speed" and args.which == "packing":
+        from . import speed_packing
+
+        return speed_packing.run(args)
     if args.command == "accuracy" and args.which == "minrnn":
         from . import accuracy_minrnn
 

@@ -53,6 +53,8 @@ def run_folder(config: train.RunConfig, model_set: list[str]) -> pathlib.Path:
         name += f"-m{digest}"
     if config.init_from:
         name += "-from-" + pathlib.Path(config.init_from).name[:40]
+    if config.packing:
+        name += "-packed"
     name += f"-d{config.model_config['depth']}-s{config.seed}"
     return pathlib.Path("runs") / name
 
@@ -90,7 +92,11 @@ def configure(args) -> tuple[train.RunConfig, pathlib.Path]:
         warmup_fraction=getattr(args, "warmup_fraction", None),
     )
     config = train.RunConfig(
-        variant=args.variant, seed=args.seed, init_from=args.init_from, **settings
+        variant=args.variant,
+        seed=args.seed,
+        init_from=args.init_from,
+        packing=getattr(args, "packing", False),
+        **settings,
     )
     config.check()
     _check_mixer_options(config.model_config)

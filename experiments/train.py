@@ -28,7 +28,7 @@ import numpy as np
 
 import recurrax
 
-from . import variants
+from . import packing as packing_, variants
 from .tasks import make_task
 
 
@@ -41,7 +41,11 @@ class RunConfig:
 
     `init_from`: a run folder whose last checkpoint gives the starting parameters (and
     BatchNorm statistics) of the model, e.g. a run of the same model at a shorter length (a
-    length curriculum); the optimiser, schedule and step count start afresh."""
+    length curriculum); the optimiser, schedule and step count start afresh.
+
+    `packing`: train on packed rows (whole examples one after another, restarting at each)
+    instead of padded ones; variable-length classification tasks only (`experiments.packing`).
+    """
 
     task: str
     model: str
@@ -61,6 +65,7 @@ class RunConfig:
     checkpoint_every: int = 100
     seed: int = 0
     init_from: str | None = None
+    packing: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,7 +75,8 @@ class RunConfig:
         """The configuration of `to_dict()`'s output or of a `run.json` (whose `"changes"`,
         the settings changed on resume, are not part of it)."""
         data = {k: v for k, v in data.items() if k != "changes"}
-        return cls(**{"init_from": None, **data})  # runs made before `init_from` existed
+        # Runs made before `init_from` and `packing` existed.
+        return cls(**{"init_from": None, "packing": False, **data})
 
     def check(self) -> None:
         """Refuse values that cannot run, before any work.
@@ -194,6 +200,8 @@ def build(config: RunConfig, *, initialise: bool = True):
     `config.init_from` when set), or with `initialise=False` a fresh model of the same
     structure (a skeleton to load a checkpoint into)."""
     task = make_task(config.task, preset=config.preset, **config.task_options)
+    if config.packing:
+        packing_.check_packable(task)
     model_config = recurrax.ModelConfig.from_dict(config.model_config)
     key = jax.random.fold_in(jax.random.key(config.seed), 0)
     model, state = model_config.build(key=key)
@@ -455,10 +463,12 @@ def _advice(config: RunConfig, manager, step: int, changes: list) -> str:
 _COMPILED: dict[str, tuple] = {}
 
 
-def _compiled_steps(config: RunConfig, kind: str, optimizer, loss_fn) -> tuple:
+def _compiled_steps(config: RunConfig, kind: str, optimizer, loss_fn, train_loss=None) -> tuple:
     """The compiled training and evaluation steps of a run, built once per run (and shared
     by the runs of one process with the same model, task and optimisation, e.g. a run and
-    its resumption): `(recurrax.make_train_step(...), recurrax.make_eval_step(loss_fn))`."""
+    its resumption): `(recurrax.make_train_step(optimizer, train_loss),
+    recurrax.make_eval_step(loss_fn))`; `train_loss` defaults to `loss_fn` (packed runs
+    train on another loss and evaluate padded)."""
     bookkeeping = ("eval_every", "eval_size", "checkpoint_every", "init_from")
     settings = {k: v for k, v in config.to_dict().items() if k not in bookkeeping}
     name = json.dumps([kind, settings], sort_keys=True)
@@ -466,7 +476,7 @@ def _compiled_steps(config: RunConfig, kind: str, optimizer, loss_fn) -> tuple:
         if len(_COMPILED) >= 4:  # a few runs' compiled programs at most
             _COMPILED.pop(next(iter(_COMPILED)))
         _COMPILED[name] = (
-            recurrax.make_train_step(optimizer, loss_fn),
+            recurrax.make_train_step(optimizer, loss_fn if train_loss is None else train_loss),
             recurrax.make_eval_step(loss_fn),
         )
     return _COMPILED[name]
@@ -576,13 +586,19 @@ def train(
         metrics_file.flush()
     _write_run_file(out, config, changes)
 
-    step_fn, eval_fn = _compiled_steps(config, task.kind, optimizer, loss_fn)
+    slots = packing_.slots_per_row(task) if config.packing else 0
+    train_loss = packing_.make_packed_loss(slots) if config.packing else loss_fn
+    step_fn, eval_fn = _compiled_steps(config, task.kind, optimizer, loss_fn, train_loss)
     progress = _Progress(config.steps, progress_stream)
     window_start, window_steps = time.perf_counter(), 0
     last: dict[str, Any] = {}
     try:
         for step in range(start, config.steps):
-            batch = _batch_arrays(task.batch(config.seed, step, config.batch_size))
+            batch = task.batch(config.seed, step, config.batch_size)
+            if config.packing:  # the same examples in fewer rows; evaluation stays padded
+                batch = packing_.packed_arrays(packing_.pack(batch, slots))
+            else:
+                batch = _batch_arrays(batch)
             tokens_per_batch = int(batch[0].shape[0] * batch[0].shape[1])
             new = step_fn(model, state, opt_state, batch, jax.random.fold_in(key, step))
             loss, grad_norm = float(new[3]["loss"]), float(new[3]["grad_norm"])

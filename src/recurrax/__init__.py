@@ -72,6 +72,7 @@ from ._scan import (
     default_chunk_size as default_chunk_size,
     SequentialScan as SequentialScan,
 )
+from ._segments import pool_segments as pool_segments, segment_starts as segment_starts
 from ._selective_ssm import SelectiveSSM as SelectiveSSM
 from ._sequence_parallel import SequenceParallelScan as SequenceParallelScan
 from ._ssm import DiagonalSSM as DiagonalSSM

@@ -5,9 +5,13 @@ A block maps `(length, d_model)` to `(length, d_model)`. It has the streaming co
 the mixers, with the normalisation state (`equinox.nn.State`, for BatchNorm) threaded
 alongside:
 
-- `block(x, state, *, mask=None, key=None) -> (y, state)`: a whole sequence;
-- `block.init_state()`; `block.scan(h, x, state, *, mask=None, key=None) -> (h, y, state)`;
+- `block(x, state, *, mask=None, resets=None, key=None) -> (y, state)`: a whole sequence;
+- `block.init_state()`;
+    `block.scan(h, x, state, *, mask=None, resets=None, key=None) -> (h, y, state)`;
     `block.step(h, x_t, state) -> (h, y_t, state)`.
+
+`resets` (segment starts of a packed sequence) pass through to the mixer and the
+convolution, so every segment gets the outputs it has alone.
 
 Dropout is active only when a `key` is given and the block is not in inference mode.
 """
@@ -24,7 +28,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from ._checks import check_positive_int
 from ._dtypes import default_float
-from ._mixer import AbstractMixer, check_mask, zero_masked
+from ._mixer import AbstractMixer, check_mask, check_resets, zero_masked
 from ._norm import AbstractNorm, BatchNorm, LayerNorm, RMSNorm
 from ._validate import check_array, check_real, check_real_floating, check_state
 
@@ -74,7 +78,8 @@ class CausalDepthwiseConv(eqx.Module):
 
     Streaming keeps the last $k - 1$ inputs as state, so `scan` in pieces and `step` give
     the one-call result. Masked steps are skipped (as if absent): the filter sees the
-    previous valid inputs.
+    previous valid inputs. With `resets` (segment starts of a packed sequence) the history
+    restarts at each segment: inputs of earlier segments count as zeros.
 
     **Fields:** `weight` `(kernel_size, features)` ($w_j$ is row $j$), `bias` `(features,)`.
     """
@@ -107,9 +112,11 @@ class CausalDepthwiseConv(eqx.Module):
         x: Float[Array, "length features"],
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
     ) -> tuple[Float[Array, "history features"], Float[Array, "length features"]]:
         """`(h_last, y)` from the carried history `h` (oldest first); masked steps are
-        skipped and output zeros."""
+        skipped and output zeros; at each segment start of `resets` the history is zeros
+        (and `h_last` keeps only the last segment's inputs)."""
         check_array("CausalDepthwiseConv", "x", x)
         length = x.shape[0]
         if x.ndim != 2 or x.shape[1] != self.features:
@@ -120,23 +127,44 @@ class CausalDepthwiseConv(eqx.Module):
         check_real_floating("CausalDepthwiseConv", "x", x)
         check_state("CausalDepthwiseConv", "h", h, jax.eval_shape(self.init_state))
         check_mask("CausalDepthwiseConv", mask, length)
+        check_resets("CausalDepthwiseConv", resets, length)
         h = h.astype(x.dtype)
+        if resets is not None:
+            # The segment of every step: the carried history is segment 0.
+            segment = jnp.cumsum(resets.astype(jnp.int32), dtype=jnp.int32)
         if mask is not None:
             # Valid steps first, in order: the filter runs over the valid inputs only.
             order = jnp.argsort(jnp.logical_not(mask), stable=True)
             x = x[order]
+            if resets is not None:
+                segment = segment[order]
         k = self.kernel_size
         full = jnp.concatenate([h, x], axis=0)
-        y = self.bias[None] + sum(
-            self.weight[j][None] * full[k - 1 - j : k - 1 - j + length] for j in range(k)
-        )
+        if resets is None:
+            taps = [full[k - 1 - j : k - 1 - j + length] for j in range(k)]
+        else:
+            seg_full = jnp.concatenate([jnp.zeros((k - 1,), jnp.int32), segment])
+            same = [seg_full[k - 1 - j : k - 1 - j + length] == segment for j in range(k)]
+            taps = [
+                jnp.where(same[j][:, None], full[k - 1 - j : k - 1 - j + length], 0)
+                for j in range(k)
+            ]
+        y = self.bias[None] + sum(self.weight[j][None] * taps[j] for j in range(k))
         if mask is None:
             h_last = full[length:]
+            if resets is not None:
+                h_seg = seg_full[length:]
         else:
             valid = jnp.sum(mask.astype(jnp.int32))
             h_last = jax.lax.dynamic_slice_in_dim(full, valid, k - 1, axis=0)
+            if resets is not None:
+                h_seg = jax.lax.dynamic_slice_in_dim(seg_full, valid, k - 1, axis=0)
             rank = jnp.cumsum(mask.astype(jnp.int32)) - 1
             y = zero_masked(y[jnp.maximum(rank, 0)], mask)
+        if resets is not None:
+            # Only the current (last) segment's inputs are history for the next call.
+            current = jnp.sum(resets.astype(jnp.int32), dtype=jnp.int32)
+            h_last = jnp.where((h_seg == current)[:, None], h_last, 0)
         return h_last, y
 
     def __call__(
@@ -144,9 +172,11 @@ class CausalDepthwiseConv(eqx.Module):
         x: Float[Array, "length features"],
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
     ) -> Float[Array, "length features"]:
-        """The outputs from a zero history, `(length, features)`."""
-        return self.scan(self.init_state(), x, mask=mask)[1]
+        """The outputs from a zero history, `(length, features)`; with `resets`, from a zero
+        history at every segment start."""
+        return self.scan(self.init_state(), x, mask=mask, resets=resets)[1]
 
 
 class AbstractBlock(eqx.Module):
@@ -162,10 +192,11 @@ class AbstractBlock(eqx.Module):
         """The streaming state before the first step."""
 
     @abc.abstractmethod
-    def _forward(self, x, state, h, mask, key):
-        """`(y, state, h)`: the body; `h is None` for the full call (either direction)."""
+    def _forward(self, x, state, h, mask, key, resets=None):
+        """`(y, state, h)`: the body; `h is None` for the full call (either direction);
+        `resets` marks segment starts."""
 
-    def _check(self, x, mask):
+    def _check(self, x, mask, resets=None):
         check_array(type(self).__name__, "x", x)
         if x.ndim != 2 or x.shape[1] != self.d_model:
             raise ValueError(
@@ -174,6 +205,7 @@ class AbstractBlock(eqx.Module):
             )
         check_real_floating(type(self).__name__, "x", x)
         check_mask(type(self).__name__, mask, x.shape[0])
+        check_resets(type(self).__name__, resets, x.shape[0])
 
     def _check_streaming(self):
         if self.mixer.bidirectional:
@@ -188,14 +220,16 @@ class AbstractBlock(eqx.Module):
         state: eqx.nn.State | None = None,
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "length d_model"], eqx.nn.State | None]:
         """**Arguments:** `x` `(length, d_model)`; `state` the normalisation state (`None`
-        without BatchNorm); `mask` boolean `(length,)`; `key` for dropout (none: off).
+        without BatchNorm); `mask` boolean `(length,)`; `resets` boolean `(length,)`, `True`
+        at each segment start of a packed sequence; `key` for dropout (none: off).
 
         **Returns:** `(y, state)`, `y` of shape `(length, d_model)`."""
-        self._check(x, mask)
-        y, state, _ = self._forward(x, state, None, mask, key)
+        self._check(x, mask, resets)
+        y, state, _ = self._forward(x, state, None, mask, key, resets=resets)
         return y, state
 
     def scan(
@@ -205,14 +239,16 @@ class AbstractBlock(eqx.Module):
         state: eqx.nn.State | None = None,
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> tuple[PyTree[Array], Float[Array, "length d_model"], eqx.nn.State | None]:
         """`(h_last, y, state)` from the carried streaming state `h`; in pieces equal to one
-        call. **Raises:** `ValueError` for a bidirectional mixer."""
+        call; at each segment start of `resets` the streaming state restarts from
+        `init_state()`. **Raises:** `ValueError` for a bidirectional mixer."""
         self._check_streaming()
-        self._check(x, mask)
+        self._check(x, mask, resets)
         check_state(type(self).__name__, "h", h, jax.eval_shape(self.init_state))
-        y, state, h = self._forward(x, state, h, mask, key)
+        y, state, h = self._forward(x, state, h, mask, key, resets=resets)
         return h, y, state
 
     def step(
@@ -226,11 +262,12 @@ class AbstractBlock(eqx.Module):
         return h, y[0], state
 
 
-def _mix(mixer: AbstractMixer, z, h, mask):
+def _mix(mixer: AbstractMixer, z, h, mask, resets=None):
     """The mixer on `z`: a full call when `h is None`, else a scan from `h`."""
+    kwargs = {} if resets is None else {"resets": resets}
     if h is None:
-        return mixer(z, mask=mask), None
-    h, y = mixer.scan(h, z, mask=mask)
+        return mixer(z, mask=mask, **kwargs), None
+    h, y = mixer.scan(h, z, mask=mask, **kwargs)
     return y, h
 
 
@@ -299,12 +336,12 @@ class GLUBlock(AbstractBlock):
         """The mixer's state."""
         return self.mixer.init_state()
 
-    def _forward(self, x, state, h, mask, key):
+    def _forward(self, x, state, h, mask, key, resets=None):
         k1, k2 = _split(key, 2)
         z = x
         if self.prenorm:
             z, state = _apply_norm(self.norm, z, state, mask)
-        z, h = _mix(self.mixer, z, h, mask)
+        z, h = _mix(self.mixer, z, h, mask, resets)
         z = _dropout(self.dropout, jnn.gelu(z), k1, self.inference)
         z = _dense(self.glu_value, z) * jnn.sigmoid(_dense(self.glu_gate, z))
         y = x + _dropout(self.dropout, z, k2, self.inference)
@@ -412,7 +449,7 @@ class MixerMLPBlock(AbstractBlock):
         conv = None if self.conv is None else self.conv.init_state()
         return conv, self.mixer.init_state()
 
-    def _forward(self, x, state, h, mask, key):
+    def _forward(self, x, state, h, mask, key, resets=None):
         k1, k2 = _split(key, 2)
         h_conv, h_mixer = (None, None) if h is None else h
         z = x
@@ -420,12 +457,12 @@ class MixerMLPBlock(AbstractBlock):
             z, state = _apply_norm(self.norm, z, state, mask)
         if self.conv is not None:
             if h is None:
-                z = self.conv(z, mask=mask)
+                z = self.conv(z, mask=mask, resets=resets)
             else:
-                h_conv, z = self.conv.scan(h_conv, z, mask=mask)
+                h_conv, z = self.conv.scan(h_conv, z, mask=mask, resets=resets)
         if self.in_proj is not None:
             z = _dense(self.in_proj, z)
-        z, h_mixer = _mix(self.mixer, z, h_mixer, mask)
+        z, h_mixer = _mix(self.mixer, z, h_mixer, mask, resets)
         if self.out_proj is not None:
             z = _dense(self.out_proj, z)
         x = x + _dropout(self.dropout, z, k1, self.inference)
@@ -556,7 +593,7 @@ class HawkBlock(AbstractBlock):
         conv = None if self.conv is None else self.conv.init_state()
         return conv, self.mixer.init_state()
 
-    def _forward(self, x, state, h, mask, key):
+    def _forward(self, x, state, h, mask, key, resets=None):
         k1, k2 = _split(key, 2)
         h_conv, h_mixer = (None, None) if h is None else h
         z = x
@@ -566,10 +603,10 @@ class HawkBlock(AbstractBlock):
         u = _dense(self.in_proj, z)
         if self.conv is not None:
             if h is None:
-                u = self.conv(u, mask=mask)
+                u = self.conv(u, mask=mask, resets=resets)
             else:
-                h_conv, u = self.conv.scan(h_conv, u, mask=mask)
-        u, h_mixer = _mix(self.mixer, u, h_mixer, mask)
+                h_conv, u = self.conv.scan(h_conv, u, mask=mask, resets=resets)
+        u, h_mixer = _mix(self.mixer, u, h_mixer, mask, resets)
         z = _dense(self.out_proj, gate * u)
         x = x + _dropout(self.dropout, z, k1, self.inference)
         if not self.prenorm:

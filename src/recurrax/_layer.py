@@ -15,8 +15,8 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Inexact, PRNGKeyArray, Shaped
 
 from ._dtypes import working_dtype
-from ._mixer import AbstractMixer, check_mask, zero_masked
-from ._recurrence import linear_recurrence, log_linear_recurrence
+from ._mixer import AbstractMixer, check_mask, check_resets, zero_masked
+from ._recurrence import recurrence
 from ._scan import AbstractScan
 from ._validate import check_array, check_bool, check_real_floating, check_state
 
@@ -137,17 +137,33 @@ class AbstractRecurrentLayer(AbstractMixer):
     def _state_dtype(self):
         return jax.eval_shape(self.init_state).dtype
 
-    def _solve(self, a, b, h0, *, reverse: bool = False, mask=None):
+    def _solve(self, a, b, h0, *, reverse: bool = False, mask=None, resets=None):
         """All states from `h0` (in linear space, in the working dtype: float16/bfloat16
-        coefficients are accumulated in float32), by the engine of the layer's space."""
+        coefficients are accumulated in float32), by the engine of the layer's space; each
+        segment of `resets` restarts from `init_state()`."""
         a, b = self._masked(a, b, mask)
         h0 = h0.astype(working_dtype(h0.dtype))
+        restart = None
+        if resets is not None:
+            restart = self.init_state()
+            restart = restart.astype(working_dtype(restart.dtype))
+        fn = type(self).__name__
         if self.log_space:
-            log_h = log_linear_recurrence(
-                a, b, self._log_state(h0), reverse=reverse, method=self.method
+            log_h = recurrence(
+                fn,
+                a,
+                b,
+                self._log_state(h0),
+                reverse=reverse,
+                method=self.method,
+                resets=resets,
+                restart=None if restart is None else self._log_state(restart),
+                log_space=True,
             )
             return jnp.exp(log_h)
-        return linear_recurrence(a, b, h0, reverse=reverse, method=self.method)
+        return recurrence(
+            fn, a, b, h0, reverse=reverse, method=self.method, resets=resets, restart=restart
+        )
 
     def _output(self, hs, x, mask):
         """Read out, in the activations' dtype (that of `x`), zero at masked steps."""
@@ -160,6 +176,7 @@ class AbstractRecurrentLayer(AbstractMixer):
         *,
         reverse: bool = False,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
     ) -> tuple[Inexact[Array, "*state"], Float[Array, "length output"]]:
         r"""Run the sequence `x` from the state `h`, as `jax.lax.scan` would with `step`, in
         parallel.
@@ -171,6 +188,9 @@ class AbstractRecurrentLayer(AbstractMixer):
         - `reverse`: run from the last step to the first, as `jax.lax.scan(..., reverse=True)`.
         - `mask`: optional boolean `(length,)`; masked steps leave the state unchanged and
             output zeros (padding).
+        - `resets`: optional boolean `(length,)`, `True` at the first step of each segment of
+            a packed sequence: the state entering it is `init_state()` instead of the
+            carried one (with `reverse=True`, at each segment's last step).
 
         **Returns:**
 
@@ -187,9 +207,10 @@ class AbstractRecurrentLayer(AbstractMixer):
         check_bool(type(self).__name__, "reverse", reverse)
         self._check_input(x, "x", per_step=False)
         check_mask(type(self).__name__, mask, x.shape[0])
+        check_resets(type(self).__name__, resets, x.shape[0])
         self._check_state(h)
         a, b = self.coefficients(x)
-        hs = self._solve(a, b, h, reverse=reverse, mask=mask)
+        hs = self._solve(a, b, h, reverse=reverse, mask=mask, resets=resets)
         if x.shape[0] == 0:
             h_last = h.astype(hs.dtype)
         else:
@@ -236,6 +257,7 @@ class AbstractRecurrentLayer(AbstractMixer):
         x: Float[Array, "length input"],
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length output"]:
         r"""The outputs for a whole sequence from `init_state()`.
@@ -246,6 +268,9 @@ class AbstractRecurrentLayer(AbstractMixer):
         - `mask`: optional boolean `(length,)`; masked steps (padding) leave the state
             unchanged and output zeros; the reverse recurrence of a bidirectional layer then
             starts at the last valid step.
+        - `resets`: optional boolean `(length,)`, `True` at the first step of each segment
+            of a packed sequence: every segment starts from `init_state()` (in both
+            directions for a bidirectional layer), so its outputs are those it has alone.
         - `key`: unused; accepted so that the layer composes like other Equinox layers.
 
         **Returns:**
@@ -262,11 +287,12 @@ class AbstractRecurrentLayer(AbstractMixer):
         del key
         self._check_input(x, "x", per_step=False)
         check_mask(type(self).__name__, mask, x.shape[0])
+        check_resets(type(self).__name__, resets, x.shape[0])
         a, b = self.coefficients(x)
         h0 = self.init_state()
-        hs = self._solve(a, b, h0, mask=mask)
+        hs = self._solve(a, b, h0, mask=mask, resets=resets)
         if self.bidirectional:
-            hs_reverse = self._solve(a, b, h0, reverse=True, mask=mask)
+            hs_reverse = self._solve(a, b, h0, reverse=True, mask=mask, resets=resets)
             hs = jnp.concatenate([hs, hs_reverse], axis=-1)
         return self._output(hs, x, mask)
 

@@ -22,15 +22,21 @@ class AbstractMixer(eqx.Module):
 
     - `mixer.init_state()`: the carried state before the first step (any pytree);
     - `mixer.step(h, x_t) -> (h, y_t)`: one time step;
-    - `mixer.scan(h, x, *, reverse=False, mask=None) -> (h_last, y)`: a whole sequence from a
-        carried state, equal to stepping through it;
-    - `mixer(x, *, mask=None, key=None) -> y`: a whole sequence from `init_state()`.
+    - `mixer.scan(h, x, *, reverse=False, mask=None, resets=None) -> (h_last, y)`: a whole
+        sequence from a carried state, equal to stepping through it;
+    - `mixer(x, *, mask=None, resets=None, key=None) -> y`: a whole sequence from
+        `init_state()`.
 
     **Masks.** `mask` is a boolean `(length,)` marking the steps that exist. A masked step
     leaves the state unchanged and its output is zero, so a padded sequence gives the outputs
     of the unpadded one at every valid position, and a reverse scan starts at each sequence's
     true end. Bidirectional mixers have no `step`/`scan` (their reverse direction needs the
     whole sequence) and raise a `ValueError` there.
+
+    **Resets.** `resets` is a boolean `(length,)`, `True` at the first step of each segment
+    of a packed sequence: the state entering such a step is `init_state()` (a reverse scan
+    restarts from it at each segment's last step), so every segment gets the outputs it
+    would get alone. A reset on a masked step takes effect at the next valid step.
     """
 
     input_size: eqx.AbstractVar[int]
@@ -55,6 +61,7 @@ class AbstractMixer(eqx.Module):
         *,
         reverse: bool = False,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
     ) -> tuple[PyTree[Array], Float[Array, "length output"]]:
         """Run `x` from the carried state `h`: `(h_last, y)`."""
 
@@ -64,6 +71,7 @@ class AbstractMixer(eqx.Module):
         x: Float[Array, "length input"],
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length output"]:
         """The outputs for a whole sequence from `init_state()`."""
@@ -79,6 +87,19 @@ def check_mask(owner: str, mask, length: int) -> None:
         raise ValueError(
             f"{owner}: `mask` must be a boolean array of shape ({length},) matching the "
             f"sequence length, got shape {shape} and dtype {dtype}."
+        )
+
+
+def check_resets(owner: str, resets, length: int) -> None:
+    """Reset flags must be a boolean `(length,)` array (trace-time check)."""
+    if resets is None:
+        return
+    shape = tuple(jnp.shape(resets))
+    dtype = jnp.result_type(resets)
+    if shape != (length,) or dtype != jnp.bool_:
+        raise ValueError(
+            f"{owner}: `resets` must be a boolean array of shape ({length},), True at the "
+            f"first step of each segment, got shape {shape} and dtype {dtype}."
         )
 
 
@@ -149,7 +170,7 @@ class Bidirectional(AbstractMixer):
     def step(self, h, x_t):
         raise self._unavailable("step")
 
-    def scan(self, h, x, *, reverse=False, mask=None):
+    def scan(self, h, x, *, reverse=False, mask=None, resets=None):
         raise self._unavailable("scan")
 
     def __call__(
@@ -157,11 +178,15 @@ class Bidirectional(AbstractMixer):
         x: Float[Array, "length input"],
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length output"]:
         """`forward(x) + backward` run in reverse time, both from their initial states;
-        `(length, output_size)`."""
+        `(length, output_size)`. With `resets`, both directions restart at every segment
+        boundary."""
         del key
-        y_forward = self.forward(x, mask=mask)
-        _, y_backward = self.backward.scan(self.backward.init_state(), x, reverse=True, mask=mask)
+        y_forward = self.forward(x, mask=mask, resets=resets)
+        _, y_backward = self.backward.scan(
+            self.backward.init_state(), x, reverse=True, mask=mask, resets=resets
+        )
         return y_forward + y_backward

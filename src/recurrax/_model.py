@@ -16,11 +16,12 @@ from ._discretisation import BackwardEuler, Bilinear, ForwardEuler, ZeroOrderHol
 from ._init import HiPPOLegS, S4DInv, S4DLin
 from ._lru import LRU
 from ._minrnn import MinGRU, MinLSTM
-from ._mixer import AbstractMixer, Bidirectional, check_mask
+from ._mixer import AbstractMixer, Bidirectional, check_mask, check_resets
 from ._norm import AbstractNorm, BatchNorm
 from ._rglru import RGLRU
 from ._rnn import GRU, LSTM
 from ._scan import AbstractScan
+from ._segments import pool_segments
 from ._selective_ssm import SelectiveSSM
 from ._ssm import DiagonalSSM
 from ._validate import check_array, check_bool, check_real, check_state
@@ -62,6 +63,12 @@ class SequenceModel(eqx.Module):
     features for a linear one. `mask` (boolean `(length,)`) marks valid steps: padding never
     changes the outputs at valid positions, pooling uses valid positions only, and reverse
     scans of bidirectional mixers start at each sequence's true end.
+
+    **Packed sequences.** `resets` (boolean `(length,)`, `True` at the first step of each
+    segment; [`recurrax.segment_starts`][] makes it from segment ids) restarts every mixer
+    and convolution at each segment, so a row of several examples gives each example's own
+    per-step outputs (`pooling="none"`); with `"mean"`/`"last"` pooling pass `num_segments`
+    to get one output per segment (see [`recurrax.pool_segments`][]).
 
     **Precision:** `compute_dtype` (e.g. `jnp.bfloat16`) casts the floating parameters to
     that dtype inside every call (float32 master parameters, low-precision activations); a
@@ -223,13 +230,14 @@ class SequenceModel(eqx.Module):
         z = _dense(self.encoder, x)
         return z[0] if per_step else z
 
-    def _body(self, z, state, h, mask, key):
+    def _body(self, z, state, h, mask, key, resets=None):
         n = len(self.blocks)
         keys = (None,) * n if key is None else jax.random.split(key, n)
         hs = []
         for i, block in enumerate(self.blocks):
             h_i = None if h is None else h[i]
-            z, state, h_i = block._forward(z, state, h_i, mask, keys[i])
+            kwargs = {} if resets is None else {"resets": resets}
+            z, state, h_i = block._forward(z, state, h_i, mask, keys[i], **kwargs)
             hs.append(h_i)
         if self.final_norm is not None:
             z, state = self.final_norm(z, state, mask=mask)
@@ -267,21 +275,33 @@ class SequenceModel(eqx.Module):
         x: Int[Array, " length"] | Float[Array, "length input"],
         state: eqx.nn.State | None = _sentinel,
         *,
+        resets: Bool[Array, " length"] | None = None,
         mask: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
-    ) -> Float[Array, "*length output"] | tuple[Float[Array, "*length output"], eqx.nn.State]:
+        num_segments: int | None = None,
+    ) -> (
+        Float[Array, "*length_or_segments output"]
+        | tuple[Float[Array, "*length_or_segments output"], eqx.nn.State]
+    ):
         """**Arguments:**
 
         - `x`: tokens `(length,)` or features `(length, input_size)`.
         - `state`: the `equinox.nn.State` of the normalisations (needed with BatchNorm).
+        - `resets`: boolean `(length,)`, `True` at the first step of each segment of a
+            packed row: every segment is computed as if alone.
         - `mask`: boolean `(length,)`, `True` at valid steps.
         - `key`: for dropout (`None`: no dropout).
+        - `num_segments`: with `resets` and mean/last pooling, the number of pooled outputs
+            (one per segment; a missing segment pools to zeros, so its output is the head's
+            bias; see [`recurrax.pool_segments`][]).
 
-        **Returns:** `(output_size,)` for mean/last pooling, `(length, output_size)` for
-        `"none"`; with `state` passed, the pair `(y, state)`.
+        **Returns:** `(output_size,)` for mean/last pooling, `(num_segments, output_size)`
+        for mean/last pooling of a packed row, `(length, output_size)` for `"none"`; with
+        `state` passed, the pair `(y, state)`.
 
         **Raises:** `ValueError` for inputs of the wrong shape or dtype, an empty sequence,
-        tokens outside `[0, vocab_size)`, a bad mask, or BatchNorm without a state.
+        tokens outside `[0, vocab_size)`, a bad mask or reset flags, mean/last pooling of a
+        packed row without `num_segments`, or BatchNorm without a state.
         """
         model = self._cast()
         z = model._encode(x, per_step=False)
@@ -292,8 +312,20 @@ class SequenceModel(eqx.Module):
                 "least one step (pooling and normalisation over no steps are undefined). To "
                 "carry a streaming state through an empty piece, use `scan`."
             )
-        z, new_state, _ = model._body(z, None if state is _sentinel else state, None, mask, key)
-        y = _pool(self.pooling, z, mask)
+        check_resets("SequenceModel", resets, z.shape[0])
+        if self.pooling != "none" and (resets is None) != (num_segments is None):
+            raise ValueError(
+                f"SequenceModel: pooling a packed row needs both `resets` and `num_segments` "
+                f"(one pooled output per segment), got resets "
+                f"{'None' if resets is None else 'given'} and num_segments={num_segments!r}."
+            )
+        z, new_state, _ = model._body(
+            z, None if state is _sentinel else state, None, mask, key, resets
+        )
+        if resets is not None and self.pooling != "none":
+            y, _ = pool_segments(z, resets, num_segments, pooling=self.pooling, mask=mask)
+        else:
+            y = _pool(self.pooling, z, mask)
         y = _dense(model.head, y[None])[0] if y.ndim == 1 else _dense(model.head, y)
         return y if state is _sentinel else (y, new_state)
 
@@ -308,9 +340,11 @@ class SequenceModel(eqx.Module):
         *,
         state: eqx.nn.State | None = None,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
     ) -> tuple[PyTree[Array], Float[Array, "length output"]]:
         """Run `x` from the carried streaming state `h`: `(h_last, y)` with per-step outputs
-        `(length, output_size)`. Pieces with carried state give the one-call outputs.
+        `(length, output_size)`. Pieces with carried state give the one-call outputs; at
+        each segment start of `resets` every block restarts from its `init_state()`.
 
         **Raises:** `ValueError` for a bidirectional model, BatchNorm in training mode, a
         state `h` without the structure and shapes of `init_state()`, or bad inputs."""
@@ -319,7 +353,8 @@ class SequenceModel(eqx.Module):
         model = self._cast()
         z = model._encode(x, per_step=False)
         check_mask("SequenceModel", mask, z.shape[0])
-        z, _, h = model._body(z, state, h, mask, None)
+        check_resets("SequenceModel", resets, z.shape[0])
+        z, _, h = model._body(z, state, h, mask, None, resets)
         return h, _dense(model.head, z)
 
     def step(

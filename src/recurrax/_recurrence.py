@@ -7,7 +7,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType
-from jaxtyping import Array, ArrayLike, Float, Inexact
+from jaxtyping import Array, ArrayLike, Bool, Float, Inexact
 
 from ._dtypes import working_dtype
 from ._scan import AbstractScan, arrays_platform, AutoScan
@@ -146,6 +146,60 @@ def _sharding_agnostic(solve, *args: Array | None) -> Array:
     return jax.sharding.auto_axes(solve, axes=axes, out_sharding=out_sharding)(*args)
 
 
+_SAME = object()
+
+
+def _check_resets(fn: str, resets, length: int):
+    """`resets` must be a boolean `(length,)` array (trace-time check)."""
+    if resets is None:
+        return None
+    shape = tuple(np.shape(resets))
+    dtype = jnp.result_type(resets)
+    if shape != (length,) or dtype != jnp.bool_:
+        raise ValueError(
+            f"{fn}: `resets` must be a boolean array of shape ({length},), True at the first "
+            f"step of each segment, got shape {shape} and dtype {dtype}."
+        )
+    return jnp.asarray(resets)
+
+
+def segment_cuts(resets, reverse: bool):
+    """The steps entered from the initial state: the segment starts, or, in reverse, each
+    segment's last step (the step before a start)."""
+    if not reverse or resets.shape[0] == 0:
+        return resets
+    return jnp.concatenate([resets[1:], jnp.zeros((1,), jnp.bool_)])
+
+
+def _log_add(x: Array, y: Array) -> Array:
+    """logaddexp whose value and derivatives stay exact where an argument is -inf (jnp's
+    derivative treats -inf as 0 there), and -inf, not NaN, where both are."""
+    top = jnp.maximum(x, y)
+    dead = jnp.isneginf(top)
+    top = jnp.where(dead, 0.0, top)
+    total = jnp.exp(x - top) + jnp.exp(y - top)
+    return jnp.where(dead, -jnp.inf, top + jnp.log(jnp.where(dead, 1.0, total)))
+
+
+def _apply_resets(log_space: bool, a, b, restart, cuts):
+    r"""Fold segment starts into the coefficients (THEORY §9): at a cut the step is the pair
+    $(0, a_t h_0 + b_t)$ of the recurrence's algebra ($(-\infty,
+    \operatorname{logaddexp}(\log b_t, \log a_t + \log h_0))$ in log space), so every
+    strategy, the tangent and the adjoint cut at the same places. A time-invariant `a`
+    becomes per step here (and only here)."""
+    c = cuts.reshape(cuts.shape + (1,) * (b.ndim - 1))
+    a_t = a[None] if a.ndim == b.ndim - 1 else a
+    if log_space:
+        if restart is not None:
+            b = jnp.where(c, _log_add(b, a_t + restart[None]), b)
+        a = jnp.where(c, jnp.full((), -jnp.inf, a.dtype), a_t)
+    else:
+        if restart is not None:
+            b = b + jnp.where(c, a_t * restart[None], jnp.zeros((), b.dtype))
+        a = jnp.where(c, jnp.zeros((), a.dtype), a_t)
+    return jnp.broadcast_to(a, b.shape), b
+
+
 def _solve_linear(
     method: AbstractScan, a: Array, b: Array, h0: Array | None, reverse: bool
 ) -> Array:
@@ -184,6 +238,7 @@ def linear_recurrence(
     *,
     reverse: bool = False,
     method: AbstractScan | None = None,
+    resets: Bool[ArrayLike, " length"] | None = None,
 ) -> Inexact[Array, "length *state"]:
     r"""Solve the diagonal linear recurrence $h_t = a_t \odot h_{t-1} + b_t$ for all $t$.
 
@@ -200,6 +255,11 @@ def linear_recurrence(
     - `method`: a scan strategy ([`recurrax.SequentialScan`][],
         [`recurrax.AssociativeScan`][], [`recurrax.ChunkedScan`][]); the default
         [`recurrax.AutoScan`][] chooses by platform and length.
+    - `resets`: optional boolean `(length,)`, `True` at the first step of each segment of a
+        packed sequence: the state entering such a step is `h0` (zeros when `None`), not the
+        previous segment's, so each segment is solved as if alone. With `reverse=True` the
+        flags still mark segment starts, and the reverse recurrence restarts from `h0` at
+        each segment's last step. Gradients cut at the same boundaries.
 
     **Returns:**
 
@@ -229,15 +289,58 @@ def linear_recurrence(
         assert jnp.allclose(h[-1], (1 - lam**4) / (1 - lam))
         ```
     """
-    fn = "linear_recurrence"
+    return recurrence("linear_recurrence", a, b, h0, reverse=reverse, method=method, resets=resets)
+
+
+def recurrence(
+    fn: str,
+    a,
+    b,
+    h0,
+    *,
+    reverse: bool,
+    method,
+    resets=None,
+    restart=_SAME,
+    log_space: bool = False,
+):
+    """The checked engine behind both public functions. `restart` is the state entering each
+    segment start (`None` for zeros; by default `h0`): a layer restarts from its
+    `init_state()` whatever state it carries in. In log space all states are logarithms."""
     method = _check_method(fn, method)
     check_bool(fn, "reverse", reverse)
-    a, b, h0 = _prepare(fn, a, b, h0, complex_ok=True)
+    names = ("log_a", "log_b", "log_h0") if log_space else ("a", "b", "h0")
+    a, b, h0 = _prepare(
+        fn,
+        a,
+        b,
+        h0,
+        complex_ok=not log_space,
+        a_name=names[0],
+        b_name=names[1],
+        h0_name=names[2],
+    )
     method = _resolve(method, a, b, h0)
+    resets = _check_resets(fn, resets, b.shape[0])
+    if restart is _SAME:
+        restart = h0
+    elif restart is not None and resets is not None:
+        restart = _prepare(fn, a, b, restart, complex_ok=not log_space, h0_name="restart")[2]
+    reverse = bool(reverse)
+    if log_space and h0 is None:
+        h0 = jnp.full(b.shape[1:], -jnp.inf, b.dtype)
     if b.shape[0] == 0:
         return b
-    reverse = bool(reverse)
-    return _sharding_agnostic(lambda a, b, h0: _solve_linear(method, a, b, h0, reverse), a, b, h0)
+    solve = _solve_log if log_space else _solve_linear
+    if resets is None:
+        return _sharding_agnostic(lambda a, b, h0: solve(method, a, b, h0, reverse), a, b, h0)
+    cuts = segment_cuts(resets, reverse)
+
+    def solve_with_resets(a, b, h0, restart, cuts):
+        a, b = _apply_resets(log_space, a, b, restart, cuts)
+        return solve(method, a, b, h0, reverse)
+
+    return _sharding_agnostic(solve_with_resets, a, b, h0, restart, cuts)
 
 
 def _safe_exp_ratio(num: Array, den: Array) -> Array:
@@ -282,6 +385,7 @@ def log_linear_recurrence(
     *,
     reverse: bool = False,
     method: AbstractScan | None = None,
+    resets: Bool[ArrayLike, " length"] | None = None,
 ) -> Float[Array, "length *state"]:
     r"""Solve a positive recurrence $h_t = a_t h_{t-1} + b_t$ in log space: return $\log h$.
 
@@ -298,6 +402,9 @@ def log_linear_recurrence(
     - `log_h0`: $\log h_0$, `(*state)`; `None` (or `-inf`) means $h_0 = 0$.
     - `reverse`: run from the end.
     - `method`: a scan strategy, as for [`recurrax.linear_recurrence`][].
+    - `resets`: optional boolean `(length,)`, `True` at the first step of each segment; the
+        state entering it is $h_0$ (in log space the restart contributes $\log h_0$, nothing
+        when `log_h0` is `None`), as for [`recurrax.linear_recurrence`][].
 
     **Returns:**
 
@@ -319,25 +426,13 @@ def log_linear_recurrence(
         assert jnp.allclose(jnp.exp(log_h[-1]), 1.75)   # 1 -> 1.5 -> 1.75
         ```
     """
-    fn = "log_linear_recurrence"
-    method = _check_method(fn, method)
-    check_bool(fn, "reverse", reverse)
-    log_a, log_b, log_h0 = _prepare(
-        fn,
+    return recurrence(
+        "log_linear_recurrence",
         log_a,
         log_b,
         log_h0,
-        complex_ok=False,
-        a_name="log_a",
-        b_name="log_b",
-        h0_name="log_h0",
-    )
-    method = _resolve(method, log_a, log_b, log_h0)
-    if log_h0 is None:
-        log_h0 = jnp.full(log_b.shape[1:], -jnp.inf, log_b.dtype)
-    if log_b.shape[0] == 0:
-        return log_b
-    reverse = bool(reverse)
-    return _sharding_agnostic(
-        lambda a, b, h0: _solve_log(method, a, b, h0, reverse), log_a, log_b, log_h0
+        reverse=reverse,
+        method=method,
+        resets=resets,
+        log_space=True,
     )

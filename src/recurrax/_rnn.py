@@ -11,9 +11,20 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._checks import check_positive_int
 from ._dtypes import as_working, default_float, working_dtype
-from ._mixer import AbstractMixer, check_mask
+from ._mixer import AbstractMixer, check_mask, check_resets
 from ._nonlinear import AbstractNonlinearSolver, nonlinear_recurrence, Sequential
+from ._recurrence import segment_cuts
 from ._validate import check_array, check_bool, check_real_floating, check_state
+
+
+def _no_parallel_resets(owner: str, resets) -> None:
+    """Segment resets are evaluated by the sequential solver only (a Newton solve over a
+    packed row would need the restart inside the fixed-point map)."""
+    if resets is not None:
+        raise ValueError(
+            f"{owner}: `resets` needs the sequential solver (recurrax.Sequential()); the "
+            f"parallel solvers do not restart at segment starts."
+        )
 
 
 def _check_sizes(owner, input_size, hidden_size):
@@ -25,23 +36,32 @@ def _uniform(key, shape, bound, dtype):
     return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
 
 
-def _run(owner, cell, weight_hh, state, x, gi, reverse, mask, output):
+def _run(owner, cell, weight_hh, state, x, gi, reverse, mask, output, resets=None, initial=None):
     """The sequential loop shared by GRU and LSTM: masked steps keep the state and output
-    zeros; the recurrence runs in the working dtype, the outputs in the dtype of `x`."""
+    zeros; at a segment start (`resets`) the carry is replaced by `initial` (in reverse, at
+    each segment's last step); the recurrence runs in the working dtype, the outputs in the
+    dtype of `x`."""
     check_mask(owner, mask, x.shape[0])
+    check_resets(owner, resets, x.shape[0])
     gi = as_working(gi)
     w_hh = as_working(weight_hh)
     if mask is None:
         mask = jnp.ones((x.shape[0],), jnp.bool_)
+    if resets is None:
+        cuts = jnp.zeros((x.shape[0],), jnp.bool_)
+    else:
+        cuts = segment_cuts(resets, reverse)
 
     def body(state, inputs):
-        gi_t, m_t = inputs
+        gi_t, m_t, cut_t = inputs
+        if initial is not None:
+            state = jax.tree.map(lambda i, s: jnp.where(cut_t, i, s), initial, state)
         new = cell(w_hh, state, gi_t)
         y = output(new)
         state = jax.tree.map(lambda n, o: jnp.where(m_t, n, o), new, state)
         return state, jnp.where(m_t, y, jnp.zeros((), y.dtype)).astype(x.dtype)
 
-    return lax.scan(body, state, (gi, mask), reverse=reverse)
+    return lax.scan(body, state, (gi, mask, cuts), reverse=reverse)
 
 
 def _check_solver(owner, solver):
@@ -211,16 +231,22 @@ class GRU(AbstractMixer):
         *,
         reverse: bool = False,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
     ) -> tuple[Float[Array, " hidden"], Float[Array, "length hidden"]]:
         """`jax.lax.scan(lambda h, x_t: self.step(h, x_t), h, x, reverse=reverse)`, with the
         input projections hoisted out of the loop; masked steps keep the state and output
-        zeros."""
+        zeros; at each segment start of `resets` the state is reset to `init_state()`."""
         _check_input("GRU", x, self.input_size, per_step=False)
         _check_scan(self, "h", h, reverse)
         h = as_working(h)
         gi = x @ self.weight_ih.T + self.bias[None]
         if isinstance(self.solver, Sequential):
-            return _run("GRU", self._cell, self.weight_hh, h, x, gi, reverse, mask, lambda h: h)
+            initial = None if resets is None else self.init_state()
+            return _run(
+                "GRU", self._cell, self.weight_hh, h, x, gi, reverse, mask, lambda h: h, resets,
+                initial,
+            )
+        _no_parallel_resets("GRU", resets)
         return self._solve(h, x, gi, reverse, mask)[:2]
 
     def _solve(self, h, x, gi, reverse, mask):
@@ -256,10 +282,12 @@ class GRU(AbstractMixer):
         x: Float[Array, "length input"],
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length hidden"]:
-        """All hidden states from zeros, `(length, hidden_size)`."""
-        return self.scan(self.init_state(), x, mask=mask)[1]
+        """All hidden states from zeros, `(length, hidden_size)`; each segment of `resets`
+        starts from zeros again."""
+        return self.scan(self.init_state(), x, mask=mask, resets=resets)[1]
 
 
 class LSTM(AbstractMixer):
@@ -343,20 +371,24 @@ class LSTM(AbstractMixer):
         *,
         reverse: bool = False,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
     ) -> tuple[
         tuple[Float[Array, " hidden"], Float[Array, " hidden"]], Float[Array, "length hidden"]
     ]:
         """`jax.lax.scan(lambda s, x_t: self.step(s, x_t), state, x, reverse=reverse)`, with
         the input projections hoisted out of the loop; masked steps keep the state and output
-        zeros."""
+        zeros; at each segment start of `resets` the state is reset to `init_state()`."""
         _check_input("LSTM", x, self.input_size, per_step=False)
         _check_scan(self, "state", state, reverse)
         state = (as_working(state[0]), as_working(state[1]))
         gi = x @ self.weight_ih.T + self.bias[None]
         if isinstance(self.solver, Sequential):
+            initial = None if resets is None else self.init_state()
             return _run(
-                "LSTM", self._cell, self.weight_hh, state, x, gi, reverse, mask, lambda s: s[0]
+                "LSTM", self._cell, self.weight_hh, state, x, gi, reverse, mask, lambda s: s[0],
+                resets, initial,
             )
+        _no_parallel_resets("LSTM", resets)
         last, y, _ = self._solve(state, x, gi, reverse, mask)
         return (last[: self.hidden_size], last[self.hidden_size :]), y
 
@@ -405,7 +437,9 @@ class LSTM(AbstractMixer):
         x: Float[Array, "length input"],
         *,
         mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "length hidden"]:
-        """All hidden states from zeros, `(length, hidden_size)`."""
-        return self.scan(self.init_state(), x, mask=mask)[1]
+        """All hidden states from zeros, `(length, hidden_size)`; each segment of `resets`
+        starts from zeros again."""
+        return self.scan(self.init_state(), x, mask=mask, resets=resets)[1]
