@@ -1,4 +1,4 @@
-"""Nonlinear recurrences by Newton's method (THEORY §11): every solver against a float64 NumPy
+"""Nonlinear recurrences by Newton's method (DEER, quasi-DEER): every solver against a float64 NumPy
 loop and against backpropagation through the sequential scan; the L-iteration bound; failures
 reported; the GRU/LSTM closed-form Jacobian diagonals."""
 

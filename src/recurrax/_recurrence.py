@@ -182,7 +182,7 @@ def _log_add(x: Array, y: Array) -> Array:
 
 
 def _apply_resets(log_space: bool, a, b, restart, cuts):
-    r"""Fold segment starts into the coefficients (THEORY §9): at a cut the step is the pair
+    r"""Fold segment starts into the coefficients: at a cut the step is the pair
     $(0, a_t h_0 + b_t)$ of the recurrence's algebra ($(-\infty,
     \operatorname{logaddexp}(\log b_t, \log a_t + \log h_0))$ in log space), so every
     strategy, the tangent and the adjoint cut at the same places. A time-invariant `a`

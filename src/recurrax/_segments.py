@@ -2,7 +2,7 @@ r"""Packed sequences: segment starts from segment ids, and pooling per segment.
 
 A packed row holds several examples (segments) one after another; a boolean `resets`
 `(length,)`, `True` at the first step of each segment, makes every layer restart there
-(THEORY: a segment start is the pair $(0, a_t h_0 + b_t)$ of the recurrence's algebra).
+(a segment start is the pair $(0, a_t h_0 + b_t)$ of the recurrence's algebra).
 """
 
 from typing import Literal
