@@ -57,8 +57,6 @@ def streamed_last_outputs(model, state, inputs: np.ndarray, chunk: int) -> np.nd
 def extrapolate(out: pathlib.Path, lengths: list[int], *, examples: int, chunk: int,
                 log=print) -> list[dict]:
     """Accuracy of the run in `out` at each length (on the task's test stream)."""
-    from .cli import _trained_model
-
     out = pathlib.Path(out)
     run_file = out / "run.json"
     if not run_file.exists():
@@ -71,7 +69,7 @@ def extrapolate(out: pathlib.Path, lengths: list[int], *, examples: int, chunk: 
             f"classification); task {config.task!r} has pooling {task.pooling!r} and kind "
             f"{task.kind!r}."
         )
-    model, state = _trained_model(config, out)
+    model, state = train.trained_model(config, out)
     model = eqx.nn.inference_mode(model)
     rows = []
     for length in lengths:

@@ -726,3 +726,13 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
     its last checkpoint, or an incomplete line)."""
     kept = [line for line, record in _parse_lines(path) if record["step"] <= step]
     _replace_text(path, "".join(line + "\n" for line in kept))
+
+
+def trained_model(config: RunConfig, out: pathlib.Path) -> tuple:
+    """`(model, state)` of the last checkpoint of the run in `out` (made with `config`)."""
+    _, _, skeleton, state = train.build(config, initialise=False)
+    manager = recurrax.CheckpointManager(pathlib.Path(out) / "checkpoints")
+    optimizer = _optimizer(config, skeleton)
+    opt_state = optimizer.init(eqx.filter(skeleton, eqx.is_inexact_array))
+    checkpoint = manager.restore(model=skeleton, opt_state=opt_state, state=state)
+    return checkpoint.model, checkpoint.state

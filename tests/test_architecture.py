@@ -48,7 +48,11 @@ def _imported(module: str, path: pathlib.Path, node: ast.AST) -> list[str]:
             prefix = ".".join(base + ([node.module] if node.module else []))
         else:
             prefix = node.module or ""
-        names = [prefix] + [f"{prefix}.{alias.name}" for alias in node.names]
+        # `from package import submodule` imports the submodule (and the package only if it
+        # is not being imported already); `from module import name` imports the module.
+        names = [f"{prefix}.{alias.name}" for alias in node.names]
+        if not all(name in MODULES for name in names):
+            names.append(prefix)
     found = []
     for name in names:
         parts = name.split(".")

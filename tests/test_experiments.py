@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from experiments import accuracy_engine, speed_engine
-from experiments.__main__ import main
 from experiments._timing import Machine
+from experiments.cli import main
 
 
 def test_speed_engine_command_writes_its_tables(tmp_path, capsys):
@@ -382,22 +382,25 @@ def test_divergence_stops_at_the_first_non_finite_gradient_norm(tmp_path):
 def test_every_campaign_command_is_valid():
     """The command lines behind the documented results parse and configure (no training),
     and no two of them share a run folder."""
-    from experiments.__main__ import _parser
     from experiments.campaigns import CAMPAIGNS
-    from experiments.cli import configure
+    from experiments.cli import configure, parser as _parser
 
     folders = []
     for commands in CAMPAIGNS.values():
+        earlier = set()
         for command in commands:
             config, out = configure(_parser().parse_args(["run", *command]))
             assert config.task == command[0] and out.parent.name == "runs"
+            # A curriculum starts from a run of the same campaign, named as `run` names it.
+            assert config.init_from is None or config.init_from in earlier, config.init_from
+            earlier.add(str(out))
             folders.append(out)
     assert len(set(folders)) == len(folders)
 
 
 def test_every_extrapolation_parses():
-    from experiments.__main__ import _parser
     from experiments.campaigns import CAMPAIGNS, EXTRAPOLATIONS
+    from experiments.cli import parser as _parser
 
     for name, option_lists in EXTRAPOLATIONS.items():
         assert name in CAMPAIGNS
@@ -434,11 +437,10 @@ def test_extrapolate_streams_chunks_to_the_one_call_accuracy(mixer, tmp_path, ca
     assert f"| length | {mixer} (#1, #2, trained at 64) | test sequences |" in table
     assert "| 37 | " in table and "| 9 | " in table
 
-    from experiments.cli import _trained_model
 
     config = train.RunConfig.from_dict(json.loads((out / "run.json").read_text()))
     task, _, _, _ = train.build(config)
-    model, state = _trained_model(config, out)
+    model, state = train.trained_model(config, out)
     frozen = eqx.nn.inference_mode(model)
     for row in rows:
         test = task.test_set(config.seed, 12, length=row["length"])

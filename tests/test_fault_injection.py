@@ -21,7 +21,7 @@ import pytest
 
 import recurrax
 from experiments import train
-from experiments.__main__ import main
+from experiments.cli import main
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 
 import recurrax
 from experiments import cli, train
-from experiments.__main__ import main
+from experiments.cli import main
 
 
 # A tiny run: one block of width 8, four steps of batch 4.
@@ -314,7 +314,7 @@ def test_damaged_run_json_is_refused_by_name(run_copy, capsys):
 def test_stale_summary_does_not_make_a_run_done(run_copy):
     """The campaign's skip test: a summary of this configuration and a checkpoint of its
     last step; a summary left by an unfinished or another run does not count."""
-    from experiments.__main__ import _parser
+    from experiments.cli import parser as _parser
 
     config, _ = cli.configure(_parser().parse_args([*PARITY, "--out", str(run_copy)]))
     assert cli.is_done(config, run_copy)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import packing, presets, train
-from experiments.__main__ import main
+from experiments.cli import main
 
 from .helpers import relative_error
 
@@ -109,8 +109,7 @@ def test_cli_trains_packed_and_refuses_other_tasks(tmp_path, capsys):
     assert main(["run", "adding", "--model", "lru", "--packing", *common]) == 2
     assert "--packing needs a variable-length classification task" in capsys.readouterr().err
     # Run folders of packed runs are named apart from padded ones.
-    from experiments.__main__ import _parser
-    from experiments.cli import configure
+    from experiments.cli import configure, parser as _parser
 
     _, folder = configure(_parser().parse_args(["run", "listops", "--model", "lru", "--packing"]))
     assert folder.name == "listops-lru-packed-d2-s0"

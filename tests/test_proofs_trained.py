@@ -15,7 +15,7 @@ import pytest
 import proofs
 import recurrax
 from experiments import cli, train
-from experiments.__main__ import _parser
+from experiments.cli import parser as _parser
 from proofs import trained
 
 
@@ -73,7 +73,7 @@ def _leaves_equal(a, b):
 def test_load_run_rebuilds_the_trained_and_the_initial_model(runs):
     run = proofs.load_run(runs["lru"])
     config = train.RunConfig.from_dict(run.config)
-    model, state = cli._trained_model(config, runs["lru"])
+    model, state = train.trained_model(config, runs["lru"])
     assert run.step == 4 and _leaves_equal(run.model, model) and _leaves_equal(run.state, state)
     # The model before training is the one the training command starts from.
     assert _leaves_equal(run.initial, train.build(config)[2])
