@@ -632,6 +632,22 @@ def test_bfloat16_compute_keeps_the_eigenvalues(mixer):
     assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y.astype(F32))))
 
 
+
+@pytest.mark.parametrize("mixer, fields", [("rglru", ("a_param",)),
+                                           ("selective-ssm", ("Lambda_re_log", "Lambda_im"))])
+def test_bfloat16_compute_keeps_input_dependent_transitions(mixer, fields):
+    """The same for the RG-LRU's a = sigmoid(Lambda) and the selective SSM's eigenvalues: the
+    cast model keeps them bit for bit in float32, and computes in bfloat16."""
+    options = dict(block="hawk", norm="rms", conv_kernel=4)
+    m, _ = _config(mixer=mixer, compute_dtype="bfloat16", **options).build(key=KEY)
+    cast = m._cast()
+    layer, cast_layer = m.blocks[0].mixer, cast.blocks[0].mixer
+    for name in fields:
+        assert getattr(cast_layer, name).dtype == F32
+        np.testing.assert_array_equal(getattr(cast_layer, name), getattr(layer, name))
+    y = m(X)
+    assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y.astype(F32))))
+
 # -- training utilities -------------------------------------------------------------------------
 
 

@@ -36,6 +36,8 @@ _sentinel: Any = object()
 _TRANSITION_FIELDS = {
     LRU: ("nu_log", "theta_log", "gamma_log"),
     DiagonalSSM: ("Lambda_re_log", "Lambda_im", "log_step"),
+    RGLRU: ("a_param",),
+    SelectiveSSM: ("Lambda_re_log", "Lambda_im"),
 }
 
 
