@@ -485,10 +485,14 @@ class HawkBlock(AbstractBlock):
     a gated MLP block, each with a pre-norm (RMSNorm in Hawk) and a skip:
 
     $$x \leftarrow x + \operatorname{drop}\big(W_{out}\,[\operatorname{GELU}(W_{gate} z)
-    \odot \operatorname{mixer}(\operatorname{conv}(W_{in} z))]\big),
-    \quad z = \operatorname{norm}(x),$$
+    \odot \operatorname{mixer}(\operatorname{conv}(W_{in} z))]\big),$$
+
+    with $z = \operatorname{norm}(x)$, then
+
     $$x \leftarrow x + \operatorname{drop}\big(W_{down}\,[\operatorname{GELU}(W_{up,1} z)
-    \odot W_{up,2} z]\big),\quad z = \operatorname{norm}_2(x).$$
+    \odot W_{up,2} z]\big),$$
+
+    with $z = \operatorname{norm}_2(x)$.
 
     The mixer is Hawk's [`recurrax.RGLRU`][] (any [`recurrax.AbstractMixer`][] works: its
     input width is that of $W_{in}$ and the convolution, its output width that of

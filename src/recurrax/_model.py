@@ -178,7 +178,7 @@ class SequenceModel(eqx.Module):
     # -- internals -----------------------------------------------------------------------
 
     def _cast(self) -> "SequenceModel":
-        """The model with its floating parameters in `compute_dtype`, except those that make
+        r"""The model with its floating parameters in `compute_dtype`, except those that make
         a recurrence's transition (`TRANSITION_FIELDS`), which keep their dtype: rounding
         $\nu_{\log}$ to bfloat16 would move $|\lambda| = 0.9999$ by percents."""
         if self.compute_dtype is None:

@@ -99,6 +99,7 @@ class RGLRU(AbstractRecurrentLayer):
 
     $$r_t = \sigma(W_a x_t + b_a),\quad i_t = \sigma(W_x x_t + b_x),\quad
     a_t = \sigma(\Lambda)^{c\, r_t},$$
+
     $$h_t = a_t \odot h_{t-1} + \sqrt{1 - a_t^2} \odot (i_t \odot x_t),\qquad y_t = h_t.$$
 
     The recurrence gate $r_t$ chooses, per step and channel, how much of the slowest

@@ -131,8 +131,9 @@ def _check_scan(mixer, name, state, reverse):
 class GRU(AbstractMixer):
     r"""A classic GRU run over time (the layout and equations of `equinox.nn.GRUCell`):
 
-    $$r = \sigma(W_{ir} x + b_r + W_{hr} h),\ z = \sigma(W_{iz} x + b_z + W_{hz} h),\
-    n = \tanh(W_{in} x + b_n + r \odot (W_{hn} h + b_{hn})),\ h' = n + z \odot (h - n).$$
+    $$r = \sigma(W_{ir} x + b_r + W_{hr} h),\quad z = \sigma(W_{iz} x + b_z + W_{hz} h),$$
+
+    $$n = \tanh(W_{in} x + b_n + r \odot (W_{hn} h + b_{hn})),\quad h' = n + z \odot (h - n).$$
 
     The input projections of all time steps are computed at once before the sequential
     loop (only $W_h h$ is inside it). Same call convention as every recurrax layer
@@ -293,8 +294,9 @@ class GRU(AbstractMixer):
 class LSTM(AbstractMixer):
     r"""A classic LSTM run over time (the layout and equations of `equinox.nn.LSTMCell`):
 
-    $$[i, f, g, o] = W_i x + W_h h + b,\quad c' = \sigma(f) \odot c + \sigma(i) \odot \tanh(g),\quad
-    h' = \sigma(o) \odot \tanh(c').$$
+    $$[i, f, g, o] = W_i x + W_h h + b,$$
+
+    $$c' = \sigma(f) \odot c + \sigma(i) \odot \tanh(g),\quad h' = \sigma(o) \odot \tanh(c').$$
 
     The state is the pair `(h, c)`; $y_t = h_t$. Input projections are hoisted out of the
     sequential loop. Same call convention as every recurrax layer.

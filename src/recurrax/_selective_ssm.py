@@ -34,8 +34,10 @@ class SelectiveSSM(AbstractRecurrentLayer):
     depends on the input:
 
     $$\Delta_t = \operatorname{softplus}(W_\Delta x_t + b_\Delta),\qquad
-    \bar\lambda_t = e^{\Delta_t \Lambda},\qquad
-    \bar B_t = (\bar\lambda_t - 1)\Lambda^{-1} B_t \quad\text{(zero-order hold)},$$
+    \bar\lambda_t = e^{\Delta_t \Lambda},$$
+
+    $$\bar B_t = (\bar\lambda_t - 1)\Lambda^{-1} B_t \quad\text{(zero-order hold)},$$
+
     $$x_t = \bar\lambda_t \odot x_{t-1} + \bar B_t\, u_t,\qquad
     y_t = \operatorname{Re}(C_t x_t) + D \odot u_t.$$
 
