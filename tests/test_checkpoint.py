@@ -537,7 +537,17 @@ def test_unsupported_format_version(small_checkpoint):
     data = path.read_bytes()
     head = header_length(path)
     header = json.loads(data[: head - 1])
+    # Only the version changed: the header's digest no longer matches, so it is damage.
     header["format_version"] = 2
+    line = json.dumps(header, separators=(",", ":")).encode()
+    path.write_bytes(line + b"\n" + data[head:])
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(path, model=model)
+    # A file genuinely written in another format (its digest matches) is named as such.
+    from recurrax._checkpoint import _header_digest
+
+    header.pop("header_sha256")
+    header["header_sha256"] = _header_digest(header)
     line = json.dumps(header, separators=(",", ":")).encode()
     path.write_bytes(line + b"\n" + data[head:])
     with pytest.raises(CheckpointError, match="format version 2 .* reads only format version 1"):
