@@ -114,6 +114,7 @@ def _mixer_class(model_config: dict):
     return {
         "lru": recurrax.LRU, "ssm": recurrax.DiagonalSSM, "mingru": recurrax.MinGRU,
         "minlstm": recurrax.MinLSTM, "gru": recurrax.GRU, "lstm": recurrax.LSTM,
+        "rglru": recurrax.RGLRU, "selective-ssm": recurrax.SelectiveSSM,
     }[model_config["mixer"]]
 
 

@@ -730,7 +730,7 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
 
 def trained_model(config: RunConfig, out: pathlib.Path) -> tuple:
     """`(model, state)` of the last checkpoint of the run in `out` (made with `config`)."""
-    _, _, skeleton, state = train.build(config, initialise=False)
+    _, _, skeleton, state = build(config, initialise=False)
     manager = recurrax.CheckpointManager(pathlib.Path(out) / "checkpoints")
     optimizer = _optimizer(config, skeleton)
     opt_state = optimizer.init(eqx.filter(skeleton, eqx.is_inexact_array))
