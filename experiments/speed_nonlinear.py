@@ -74,9 +74,16 @@ class TrainRow:
 
 
 def train(kind: str, steps: int, log=print) -> tuple[TrainRow, _Classifier]:
+    """Train the classifier of `kind` on digits (under JAX's standard dtype promotion, as a
+    user runs it: optax's bias correction mixes a float with the integer step count)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return _train(kind, steps, log)
+
+
+def _train(kind: str, steps: int, log=print) -> tuple[TrainRow, _Classifier]:
     task = make_task("digits")
     model = _classifier(kind, jax.random.key(0))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, steps // 10, steps)
+    schedule = recurrax.warmup_cosine_schedule(3e-3, steps, warmup_fraction=0.1, floor=0.0)
     optim = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
     opt_state = optim.init(eqx.filter(model, eqx.is_array))
 
