@@ -4,7 +4,11 @@ runs each (skipping runs already finished), then writes the comparison table.
 Every row of `docs/results/experiments.md` comes from one of these command lines.
 """
 
-MODELS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm", "rglru", "selective-ssm")
+import recurrax
+
+
+# Every built-in mixer (registered when recurrax is imported; a user's plugins come later).
+MODELS = tuple(recurrax.registered_mixers())
 ADDING_RING = 'mixer_options={"r_min": 0.99, "r_max": 0.9999, "max_phase": 0.031415926535897934}'
 
 

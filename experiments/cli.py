@@ -8,6 +8,8 @@ import json
 import pathlib
 import sys
 
+import recurrax
+
 from . import extrapolate, presets, report as reporting, train, variants
 from .campaigns import CAMPAIGNS, EXTRAPOLATIONS
 from .tasks import make_task, TASKS
@@ -27,6 +29,11 @@ def _options(pairs: list[str], flag: str) -> dict:
 
 
 def list_command(args, argv) -> int:
+    try:
+        recurrax.load_plugins(getattr(args, "plugin", []), option="--plugin")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print("tasks (kind, inputs, pooling, baseline of the small preset):")
     for name in sorted(TASKS):
         task = make_task(name)
@@ -39,7 +46,9 @@ def list_command(args, argv) -> int:
             f"  {name:18s} {task.kind:14s} {task.input_kind:8s} {task.pooling:5s} "
             f"{base.metric} {base.value:.3g} ({base.description})"
         )
-    print("models: " + ", ".join(train.MODELS))
+    print("models (the registered mixers; --plugin FILE adds the user's):")
+    for name, spec in recurrax.registered_mixers().items():
+        print(f"  {name:18s} {spec.block:5s} {spec.summary}")
     print("variants:")
     for name, text in variants.VARIANTS.items():
         print(f"  {name:18s} {text}")
@@ -72,11 +81,13 @@ def configure(args) -> tuple[train.RunConfig, pathlib.Path]:
         model_options["depth"] = args.depth
     if args.d_model is not None:
         model_options["d_model"] = args.d_model
-    if args.model not in train.MODELS:
-        raise ValueError(f"--model must be one of {train.MODELS}, got {args.model!r}.")
-    if args.variant is not None and args.variant not in variants.VARIANTS:
+    by_preset, others = train.run_options(args)
+    others["plugins"] = [_plugin_entry(p) for p in others.get("plugins", [])]
+    recurrax.load_plugins(others["plugins"], option="--plugin")
+    train.check_model(args.model)
+    if others.get("variant") is not None and others["variant"] not in variants.VARIANTS:
         raise ValueError(
-            f"--variant must be one of {sorted(variants.VARIANTS)}, got {args.variant!r}."
+            f"--variant must be one of {sorted(variants.VARIANTS)}, got {others['variant']!r}."
         )
     settings = presets.run_settings(
         args.task,
@@ -84,62 +95,20 @@ def configure(args) -> tuple[train.RunConfig, pathlib.Path]:
         args.preset,
         task_options=_options(args.task_set, "--task-set"),
         model_options=model_options,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_factor=args.lr_factor,
-        weight_decay=args.weight_decay,
-        eval_every=args.eval_every,
-        eval_size=args.eval_size,
-        checkpoint_every=args.checkpoint_every,
-        clip_norm=getattr(args, "clip_norm", None),
-        warmup_fraction=getattr(args, "warmup_fraction", None),
+        **by_preset,
     )
-    config = train.RunConfig(
-        variant=args.variant,
-        seed=args.seed,
-        init_from=args.init_from,
-        packing=getattr(args, "packing", False),
-        **settings,
-    )
+    config = train.RunConfig(**settings, **others)
     config.check()
-    _check_mixer_options(config.model_config)
     _check_eval_lengths(config, getattr(args, "eval_length", []))
     return config, pathlib.Path(args.out or run_folder(config, args.model_set))
 
 
-def _mixer_class(model_config: dict):
-    import recurrax
-
-    return {
-        "lru": recurrax.LRU, "ssm": recurrax.DiagonalSSM, "mingru": recurrax.MinGRU,
-        "minlstm": recurrax.MinLSTM, "gru": recurrax.GRU, "lstm": recurrax.LSTM,
-        "rglru": recurrax.RGLRU, "selective-ssm": recurrax.SelectiveSSM,
-    }[model_config["mixer"]]
-
-
-def _check_mixer_options(model_config: dict) -> None:
-    """Refuse `mixer_options` keys that the mixer's constructor does not take (they would
-    otherwise fail at build time with a bare TypeError)."""
-    import inspect
-
-    cls = _mixer_class(model_config)
-    parameters = inspect.signature(cls.__init__).parameters.values()
-    if any(p.kind == p.VAR_KEYWORD for p in parameters):
-        return
-    # `dtype`, `bidirectional` and `key` are given by ModelConfig itself.
-    allowed = sorted(
-        p.name for p in parameters
-        if p.kind == p.KEYWORD_ONLY and p.name not in ("key", "dtype", "bidirectional")
-    )
-    options = model_config.get("mixer_options") or {}
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"--model-set mixer_options: {cls.__name__} (--model {model_config['mixer']}) "
-            f"takes no option {unknown}; its options are {allowed}, got "
-            f"mixer_options={options!r}."
-        )
+def _plugin_entry(plugin: str) -> str:
+    """A `--plugin` as recorded in `run.json`: a file by its absolute path (a resumed or
+    loaded run finds it from any folder), a module by its name."""
+    if plugin.endswith(".py") or "/" in plugin:
+        return str(pathlib.Path(plugin).resolve())
+    return plugin
 
 
 def _check_eval_lengths(config: train.RunConfig, lengths: list) -> None:
@@ -163,8 +132,6 @@ def is_done(config: train.RunConfig, out: pathlib.Path) -> bool:
     """Whether the run folder holds this run, finished: a `summary.json` of this
     configuration and a readable checkpoint of its last step (a stale summary of another
     or an unfinished run does not count)."""
-    import recurrax
-
     try:
         summary = json.loads((out / "summary.json").read_text())
         same = train.RunConfig.from_dict(summary["config"]) == config
@@ -287,27 +254,20 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m experiments", description="recurrax experiments."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="tasks, models, variants and presets")
+    listing = commands.add_parser("list", help="tasks, models, variants and presets")
+    listing.add_argument(
+        "--plugin", action="append", default=[], help="a file or module that registers mixers"
+    )
     run = commands.add_parser("run", help="train a model on a task and write a report")
     run.add_argument("task", help="a task name (see `list`)")
     run.add_argument(
         "--model",
         required=True,
-        help="lru, ssm, mingru, minlstm, gru, lstm, rglru or selective-ssm",
+        help="a registered mixer: " + ", ".join(recurrax.registered_mixers())
+        + " (or one a --plugin registers; see `list`)",
     )
     run.add_argument("--preset", default="small", choices=["small", "paper"])
-    run.add_argument("--variant", help="an ablation or control variant (see `list`)")
-    run.add_argument("--steps", type=int)
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--lr", type=float, dest="learning_rate")
-    run.add_argument("--lr-factor", type=float)
-    run.add_argument("--weight-decay", type=float)
-    run.add_argument("--eval-every", type=int)
-    run.add_argument("--eval-size", type=int)
-    run.add_argument("--checkpoint-every", type=int)
-    run.add_argument("--clip-norm", type=float, help="global-norm gradient clipping threshold")
-    run.add_argument("--warmup-fraction", type=float, help="fraction of the steps warming up")
-    run.add_argument("--seed", type=int, default=0)
+    train.add_run_options(run)  # every option that is a RunConfig field
     run.add_argument("--depth", type=int, help="number of blocks")
     run.add_argument("--d-model", type=int, help="model width")
     run.add_argument(
@@ -332,16 +292,6 @@ def parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="delete the run already in the folder and start again (without it, a folder "
         "holding a run is refused unless --resume is given)",
-    )
-    run.add_argument(
-        "--init-from", metavar="RUN_FOLDER",
-        help="start from the last checkpoint of another run of the same model (e.g. at a "
-        "shorter length); the optimiser and schedule start afresh",
-    )
-    run.add_argument(
-        "--packing", action="store_true",
-        help="variable-length classification (listops): fill rows with whole examples, "
-        "restarting every layer at each (resets), instead of padding each example",
     )
     campaign = commands.add_parser("campaign", help="run a named set of runs (see campaigns.py)")
     campaign.add_argument("name", help="a campaign name, or 'all'")

@@ -1,30 +1,32 @@
 """Model and training presets: `small` (minutes on a 2-core CPU) and `paper` (the papers'
 settings, for a GPU), per task and model family.
 
-The model families follow their papers: the LRU and the diagonal SSM in the LRU paper's GLU
-block with BatchNorm (App. D); minGRU, minLSTM, GRU and LSTM in the minRNN paper's block with
+The model families follow their papers, by the block each mixer registered
+(`recurrax.MixerSpec.block`): the LRU and the diagonal SSM in the LRU paper's GLU block with
+BatchNorm (App. D); minGRU, minLSTM, GRU and LSTM in the minRNN paper's block with
 LayerNorm; the RG-LRU and the selective SSM in Hawk's block (RMSNorm, a width-4
-convolution, a gated MLP of width 3 × d_model).
+convolution, a gated MLP of width 3 × d_model). A user's mixer gets its block's settings.
 """
 
 import math
 from typing import Any
 
+import recurrax
+
 from .tasks import make_task
 
 
-LINEAR_TIME_INVARIANT = ("lru", "ssm")
-HAWK = ("rglru", "selective-ssm")
-
-
 def _family(model: str, preset: str) -> dict[str, Any]:
-    if model in LINEAR_TIME_INVARIANT:
+    """The block settings of the family the mixer was published with (its registered
+    `block`), and the papers' settings of the built-in mixers."""
+    block = recurrax.mixer_spec(model, owner="presets", option="model").block
+    if block == "glu":  # the LRU paper's block (App. D)
         base = dict(block="glu", norm="batch", prenorm=True)
         base["state_size"] = 256 if preset == "paper" else 64
         if model == "lru":
             base["mixer_options"] = {"r_min": 0.0, "r_max": 0.99, "max_phase": 2 * math.pi}
         return base
-    if model in HAWK:
+    if block == "hawk":
         base = dict(block="hawk", norm="rms", prenorm=True, final_norm=True, conv_kernel=4)
         base.update(mlp_expansion=3, expansion=1)
         if model == "selective-ssm":
@@ -109,9 +111,10 @@ def run_settings(
         model_config["input_size"] = task.input_size
         model_config.pop("vocab_size", None)
     # Validate now (clear errors before any training).
-    from recurrax import ModelConfig
-
-    model_config = ModelConfig(**model_config).to_dict()
+    recurrax.mixer_spec(model).check_options(
+        model_config.get("mixer_options") or {}, owner="--model-set mixer_options"
+    )
+    model_config = recurrax.ModelConfig(**model_config).to_dict()
     settings.update({k: v for k, v in training.items() if v is not None})
     return dict(
         task=task_name, model=model, preset=preset, task_options=task_options,

@@ -32,7 +32,12 @@ from . import packing as packing_, variants
 from .tasks import make_task
 
 
-MODELS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm", "rglru", "selective-ssm")
+def _cli(default, help: str, *, flag: str | None = None, preset: bool = False, metavar=None):
+    """A `RunConfig` field that is also a command-line option (`default` may be a factory)."""
+    metadata = dict(help=help, flag=flag, preset=preset, metavar=metavar)
+    if callable(default):
+        return dataclasses.field(default_factory=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +50,9 @@ class RunConfig:
 
     `packing`: train on packed rows (whole examples one after another, restarting at each)
     instead of padded ones; variable-length classification tasks only (`experiments.packing`).
+
+    `plugins`: Python files or modules that register the user's mixers
+    (`recurrax.register_mixer`), imported before the model is built (`--plugin`).
     """
 
     task: str
@@ -52,20 +60,40 @@ class RunConfig:
     preset: str = "small"
     task_options: dict = dataclasses.field(default_factory=dict)
     model_config: dict = dataclasses.field(default_factory=dict)
-    variant: str | None = None
-    steps: int = 1000
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    lr_factor: float = 1.0
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.1
-    clip_norm: float | None = 1.0
-    eval_every: int = 100
-    eval_size: int = 512
-    checkpoint_every: int = 100
-    seed: int = 0
-    init_from: str | None = None
-    packing: bool = False
+    # The fields below are the command line's options too (`run_options`): one edit here
+    # adds an option. `preset=True`: when not given, the task's preset decides.
+    variant: str | None = _cli(None, "an ablation or control variant (see `list`)")
+    steps: int = _cli(1000, "training steps", preset=True)
+    batch_size: int = _cli(32, "examples per step", preset=True)
+    learning_rate: float = _cli(1e-3, "peak learning rate", flag="--lr", preset=True)
+    lr_factor: float = _cli(
+        1.0, "learning-rate factor of the recurrent parameters (LRU: 0.5)", preset=True
+    )
+    weight_decay: float = _cli(0.05, "AdamW weight decay of the ordinary weights", preset=True)
+    warmup_fraction: float = _cli(0.1, "fraction of the steps warming up", preset=True)
+    clip_norm: float | None = _cli(1.0, "global-norm gradient clipping threshold", preset=True)
+    eval_every: int = _cli(100, "steps between evaluations", preset=True)
+    eval_size: int = _cli(512, "test examples per evaluation", preset=True)
+    checkpoint_every: int = _cli(100, "steps between checkpoints", preset=True)
+    seed: int = _cli(0, "the run's seed (model initialisation and data)")
+    init_from: str | None = _cli(
+        None,
+        "start from the last checkpoint of another run of the same model (e.g. at a shorter "
+        "length); the optimiser and schedule start afresh",
+        metavar="RUN_FOLDER",
+    )
+    packing: bool = _cli(
+        False,
+        "variable-length classification (listops): fill rows with whole examples, restarting "
+        "every layer at each (resets), instead of padding each example",
+    )
+    plugins: list = _cli(
+        list,
+        "a Python file or module that registers mixers (recurrax.register_mixer); "
+        "repeatable, recorded in run.json",
+        flag="--plugin",
+        metavar="FILE_OR_MODULE",
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,14 +103,16 @@ class RunConfig:
         """The configuration of `to_dict()`'s output or of a `run.json` (whose `"changes"`,
         the settings changed on resume, are not part of it)."""
         data = {k: v for k, v in data.items() if k != "changes"}
-        # Runs made before `init_from` and `packing` existed.
-        return cls(**{"init_from": None, "packing": False, **data})
+        # Runs made before `init_from`, `packing` and `plugins` existed.
+        return cls(**{"init_from": None, "packing": False, "plugins": [], **data})
 
     def check(self) -> None:
         """Refuse values that cannot run, before any work.
 
         **Raises:** `ValueError` naming the field (and its command-line option) and the value.
         """
+        recurrax.load_plugins(self.plugins, option="--plugin")
+        check_model(self.model)
         positive_integers = ("steps", "batch_size", "eval_every", "eval_size", "checkpoint_every")
         for name in positive_integers:
             value = getattr(self, name)
@@ -132,9 +162,59 @@ OPTIMISATION_FIELDS = (
 )
 
 
+def check_model(model: str) -> None:
+    """Refuse a `--model` that no mixer is registered as."""
+    if model not in recurrax.registered_mixers():
+        raise ValueError(
+            f"--model must be one of the registered mixers {tuple(recurrax.registered_mixers())} "
+            f"(or one that a --plugin registers), got {model!r}."
+        )
+
+
 def _option(name: str) -> str:
     """The command-line option of a `RunConfig` field."""
-    return "--lr" if name == "learning_rate" else "--" + name.replace("_", "-")
+    field = {f.name: f for f in dataclasses.fields(RunConfig)}.get(name)
+    flag = field.metadata.get("flag") if field is not None else None
+    return flag or "--" + name.replace("_", "-")
+
+
+def _option_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(RunConfig) if "help" in f.metadata]
+
+
+def add_run_options(parser) -> None:
+    """Add an option to an `argparse` parser for every `RunConfig` field that declares one:
+    the command line is derived from the dataclass, which stays the one source."""
+    for field in _option_fields():
+        meta = field.metadata
+        text = meta["help"] + (" (default: the preset's)" if meta["preset"] else "")
+        kwargs = dict(dest=field.name, help=text)
+        if meta["metavar"]:
+            kwargs["metavar"] = meta["metavar"]
+        if field.type is bool:
+            parser.add_argument(_option(field.name), action="store_true", **kwargs)
+        elif field.type is list:
+            parser.add_argument(_option(field.name), action="append", default=[], **kwargs)
+        else:
+            kind = next(
+                t for t in getattr(field.type, "__args__", (field.type,)) if t is not type(None)
+            )
+            parser.add_argument(_option(field.name), type=kind, default=None, **kwargs)
+
+
+def run_options(args) -> tuple[dict, dict]:
+    """The `RunConfig` options given on the command line (`add_run_options`), split into
+    those that override the task's preset and the others."""
+    given = {}
+    for field in _option_fields():
+        value = getattr(args, field.name, None)
+        if value is not None and value != [] and value is not False:
+            given[field.name] = value
+    by_preset = {f.name for f in _option_fields() if f.metadata["preset"]}
+    return (
+        {k: v for k, v in given.items() if k in by_preset},
+        {k: v for k, v in given.items() if k not in by_preset},
+    )
 
 
 class NonFiniteLoss(RuntimeError):
@@ -202,6 +282,7 @@ def build(config: RunConfig, *, initialise: bool = True):
     task = make_task(config.task, preset=config.preset, **config.task_options)
     if config.packing:
         packing_.check_packable(task)
+    recurrax.load_plugins(config.plugins, option="--plugin")
     model_config = recurrax.ModelConfig.from_dict(config.model_config)
     key = jax.random.fold_in(jax.random.key(config.seed), 0)
     model, state = model_config.build(key=key)
@@ -255,7 +336,6 @@ def _optimizer(config: RunConfig, model):
         weight_decay=config.weight_decay,
         lr_factor=config.lr_factor,
         clip_norm=config.clip_norm,
-        recurrent_fields=variants.RECURRENT_FIELDS,
     )
 
 
@@ -298,9 +378,7 @@ def _summary(metrics: dict) -> str:
     return " ".join(parts)
 
 
-def evaluate(
-    model, state, task, config: RunConfig, loss_fn, *, length=None, step=None
-) -> dict:
+def evaluate(model, state, task, config: RunConfig, loss_fn, *, length=None, step=None) -> dict:
     """Metrics on the fixed held-out test set (inference mode), averaged over batches.
 
     `step`: the compiled evaluation step, `recurrax.make_eval_step(loss_fn)`; a run builds it
@@ -392,6 +470,8 @@ def _resume_changes(out: pathlib.Path, saved: dict, config: RunConfig, step: int
     `{name: [old, new]}`; any other difference is refused."""
     new = config.to_dict()
     differing = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    # `plugins` name where the mixers' code is, which may move; the model is checked anyway.
+    differing = [k for k in differing if k != "plugins"]
     fixed = [k for k in differing if k not in OPTIMISATION_FIELDS]
     if fixed:
         raise RunFolderError(
@@ -652,8 +732,10 @@ def train(
         if records and records[-1]["step"] == start and "test_loss" in records[-1]:
             last = records[-1]
         else:
-            last = {f"test_{k}": v for k, v in
-                    evaluate(model, state, task, config, loss_fn, step=eval_fn).items()}
+            last = {
+                f"test_{k}": v
+                for k, v in evaluate(model, state, task, config, loss_fn, step=eval_fn).items()
+            }
             if checkpoint is not None and "loss" in checkpoint.metadata:
                 last["loss"] = checkpoint.metadata["loss"]
     return last

@@ -14,7 +14,7 @@ variant of the same sizes.
 """
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -28,6 +28,9 @@ from recurrax import complex_projection, mimo_kernel, real_readout
 
 class LRUVariant(recurrax.AbstractLTILayer):
     """An LRU with another eigenvalue parameterisation and/or without γ normalisation."""
+
+    # As the LRU's: the eigenvalue parameters and B train at lr × lr_factor, no decay.
+    recurrent_fields: ClassVar[frozenset[str]] = frozenset({"p1", "p2", "B_re", "B_im"})
 
     p1: Float[Array, " state"]
     p2: Float[Array, " state"]
@@ -161,7 +164,6 @@ VARIANTS = {
     "lru-real-imag": "λ = a + ib trained directly, without γ normalisation",
     "signed-mingru": "minGRU with transitions a_t = 1 - 2 z_t in (-1, 1)",
 }
-RECURRENT_FIELDS = {**recurrax.RECURRENT_FIELDS, LRUVariant: {"p1", "p2", "B_re", "B_im"}}
 
 
 def _variant_mixer(name: str, mixer, key):

@@ -710,6 +710,8 @@ def load_run(run) -> TrainedRun:
             f"{config['variant']!r}, which recurrax cannot rebuild; rebuild it with the "
             f"experiments package and call proofs.check_trained_model on the model."
         )
+    # A user's mixer: the plugins the run recorded register it again.
+    recurrax.load_plugins(config.get("plugins", []), option=f"{run_file}: plugins")
     model_config = recurrax.ModelConfig.from_dict(config["model_config"])
     key = jax.random.fold_in(jax.random.key(int(config.get("seed", 0))), 0)
     initial, state = model_config.build(key=key)

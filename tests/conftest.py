@@ -51,3 +51,14 @@ def long_length():
 
 def pytest_report_header(config):
     return f"jax {jax.__version__}, backend {jax.default_backend()}, x64 {jnp.zeros(()).dtype}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_mixer_registry():
+    """A test (or a docs page) that registers a mixer leaves the registry as it found it."""
+    from recurrax import _registry
+
+    saved = dict(_registry._REGISTRY)
+    yield
+    _registry._REGISTRY.clear()
+    _registry._REGISTRY.update(saved)

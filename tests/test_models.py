@@ -17,7 +17,8 @@ from .helpers import relative_error
 
 
 VOCAB, LENGTH, OUT = 11, 13, 3
-MIXERS = ["lru", "ssm", "mingru", "minlstm", "gru", "lstm", "rglru", "selective-ssm"]
+# Every registered mixer, so that a new one is tested by registering it.
+MIXERS = list(recurrax.registered_mixers())
 
 
 def _config(mixer, block, **overrides):

@@ -244,8 +244,12 @@ def test_custom_tables_and_precedence():
     layer = Decay(3, 4, key=_key(0))
     labels = param_labels(layer, recurrent_fields={**RECURRENT_FIELDS, Decay: {"a_logit"}})
     assert _groups_by_field(labels) == {"a_logit": {"recurrent"}, "weight": {"decay"}}
-    # Nothing special: everything decays.
+    # Empty tables: the layers' own declarations still decide.
     labels = param_labels(model, recurrent_fields={}, no_decay_types=())
+    assert _same_labels(labels, param_labels(model))
+    # A table entry overrides a declaration: an LRU with no recurrent fields decays whole.
+    lru = model.blocks[0].mixer
+    labels = param_labels(lru, recurrent_fields={recurrax.LRU: ()})
     assert set(jax.tree.leaves(labels)) == {"decay"}
 
 

@@ -62,6 +62,13 @@ from ._recurrence import (
     linear_recurrence as linear_recurrence,
     log_linear_recurrence as log_linear_recurrence,
 )
+from ._registry import (
+    load_plugins as load_plugins,
+    mixer_spec as mixer_spec,
+    MixerSpec as MixerSpec,
+    register_mixer as register_mixer,
+    registered_mixers as registered_mixers,
+)
 from ._rglru import RGLRU as RGLRU, sqrt_bounded_derivative as sqrt_bounded_derivative
 from ._rnn import GRU as GRU, LSTM as LSTM
 from ._scan import (

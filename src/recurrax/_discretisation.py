@@ -164,4 +164,10 @@ class BackwardEuler(AbstractDiscretisation):
         return lam_bar, step * lam_bar
 
 
-DISCRETISATIONS = (ZeroOrderHold, Bilinear, ForwardEuler, BackwardEuler)
+# The discretisations by name, as configurations (`ModelConfig.mixer_options`) give them.
+DISCRETISATION_NAMES = {
+    "zoh": ZeroOrderHold,
+    "bilinear": Bilinear,
+    "forward-euler": ForwardEuler,
+    "backward-euler": BackwardEuler,
+}

@@ -239,3 +239,7 @@ class HiPPOLegS(AbstractSSMInit):
         else:
             lam = _hippo_legs_normal_eigenvalues(state_size)
         return lam
+
+
+# The SSM initialisations by name, as configurations (`ModelConfig.mixer_options`) give them.
+SSM_INITS = {"hippo": HiPPOLegS, "s4d-lin": S4DLin, "s4d-inv": S4DInv}

@@ -7,6 +7,7 @@ evaluation are written here and agree by construction.
 """
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -40,6 +41,8 @@ class AbstractRecurrentLayer(AbstractMixer):
     parallel evaluation goes through [`recurrax.log_linear_recurrence`][]; the state itself is
     always kept in linear space.
     """
+
+    no_weight_decay: ClassVar[bool] = True
 
     input_size: eqx.AbstractVar[int]
     output_size: eqx.AbstractVar[int]

@@ -1,6 +1,7 @@
 r"""The Linear Recurrent Unit (Orvieto et al., 2023) as a discretised diagonal linear system."""
 
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -13,6 +14,7 @@ from ._dtypes import as_working, complex_dtype, default_float
 from ._init import check_ring_arguments, ring_init
 from ._layer import complex_projection, real_readout
 from ._lti import AbstractLTILayer, mimo_kernel
+from ._registry import register_mixer
 from ._scan import AbstractScan
 from ._system import DiscreteDiagonalSystem
 from ._validate import check_bool
@@ -99,6 +101,11 @@ class LRU(AbstractLTILayer):
         }
         ```
     """
+
+    recurrent_fields: ClassVar[frozenset[str]] = frozenset(
+        {"nu_log", "theta_log", "gamma_log", "B_re", "B_im"}
+    )
+    transition_fields: ClassVar[frozenset[str]] = frozenset({"nu_log", "theta_log", "gamma_log"})
 
     nu_log: Float[Array, " state"]
     theta_log: Float[Array, " state"]
@@ -304,3 +311,15 @@ def _normalisation(nu_log: Array, dtype) -> Array:
     accurate also for $|\lambda|$ close to 1."""
     nu = jnp.maximum(jnp.exp(nu_log), stability_floor(dtype))
     return 0.5 * jnp.log(-jnp.expm1(-2 * nu))
+
+
+register_mixer(
+    "lru",
+    LRU,
+    lambda width, hidden, state_size, *, dtype, key, **options: LRU(
+        hidden, state_size, dtype=dtype, key=key, **options
+    ),
+    block="glu",
+    summary="the Linear Recurrent Unit (exponential ring parameterisation, γ normalisation)",
+    bidirectional=True,
+)

@@ -12,6 +12,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._checks import check_positive_int
 from ._dtypes import as_working, default_float, working_dtype
 from ._layer import AbstractRecurrentLayer
+from ._registry import register_mixer
 from ._scan import AbstractScan
 from ._validate import check_bool, check_real
 
@@ -292,3 +293,21 @@ class MinLSTM(_AbstractMinRNN):
 
     def readout(self, h, x):
         return h
+
+
+register_mixer(
+    "mingru",
+    MinGRU,
+    lambda width, hidden, state_size, *, dtype, key, **options: MinGRU(
+        width, hidden, dtype=dtype, key=key, **options
+    ),
+    summary="minGRU (parallel, sequential or log space)",
+)
+register_mixer(
+    "minlstm",
+    MinLSTM,
+    lambda width, hidden, state_size, *, dtype, key, **options: MinLSTM(
+        width, hidden, dtype=dtype, key=key, **options
+    ),
+    summary="minLSTM (parallel, sequential or log space)",
+)

@@ -7,6 +7,7 @@ into a block.
 """
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -37,7 +38,22 @@ class AbstractMixer(eqx.Module):
     of a packed sequence: the state entering such a step is `init_state()` (a reverse scan
     restarts from it at each segment's last step), so every segment gets the outputs it
     would get alone. A reset on a masked step takes effect at the next valid step.
+
+    **Declarations for training and precision** (class variables, read by
+    [`recurrax.param_labels`][] and [`recurrax.SequenceModel`][]):
+
+    - `recurrent_fields`: the fields that make the recurrence (eigenvalue parameters, the
+        input matrix of an LTI layer): they train at `lr × lr_factor` with no weight decay,
+        and the layer's other parameters are ordinary weights. Empty by default.
+    - `no_weight_decay`: with no `recurrent_fields`, `True` puts all the layer's parameters in
+        the no-decay group (the minimal and classic RNNs). `False` by default.
+    - `transition_fields`: the fields that make the transition's eigenvalues, which
+        `compute_dtype` leaves in their own dtype. Empty by default.
     """
+
+    recurrent_fields: ClassVar[frozenset[str]] = frozenset()
+    no_weight_decay: ClassVar[bool] = False
+    transition_fields: ClassVar[frozenset[str]] = frozenset()
 
     input_size: eqx.AbstractVar[int]
     output_size: eqx.AbstractVar[int]

@@ -12,18 +12,11 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._block import _dense, AbstractBlock, GLUBlock, HawkBlock, make_norm, MixerMLPBlock
 from ._checks import check_positive_int
-from ._discretisation import BackwardEuler, Bilinear, ForwardEuler, ZeroOrderHold
-from ._init import HiPPOLegS, S4DInv, S4DLin
-from ._lru import LRU
-from ._minrnn import MinGRU, MinLSTM
 from ._mixer import AbstractMixer, Bidirectional, check_mask, check_resets
 from ._norm import AbstractNorm, BatchNorm
-from ._rglru import RGLRU
-from ._rnn import GRU, LSTM
+from ._registry import mixer_spec
 from ._scan import AbstractScan
 from ._segments import pool_segments
-from ._selective_ssm import SelectiveSSM
-from ._ssm import DiagonalSSM
 from ._validate import check_array, check_bool, check_real, check_state
 
 
@@ -31,14 +24,10 @@ Pooling = Literal["mean", "last", "none"]
 _POOLINGS = ("mean", "last", "none")
 _sentinel: Any = object()
 
-# The parameters that make a recurrence's transition (its eigenvalues, and the LRU's input
-# normalisation): `compute_dtype` leaves them in their own dtype.
-_TRANSITION_FIELDS = {
-    LRU: ("nu_log", "theta_log", "gamma_log"),
-    DiagonalSSM: ("Lambda_re_log", "Lambda_im", "log_step"),
-    RGLRU: ("a_param",),
-    SelectiveSSM: ("Lambda_re_log", "Lambda_im"),
-}
+
+def _keeps_dtype(node) -> bool:
+    """A mixer with parameters that `compute_dtype` leaves alone (`transition_fields`)."""
+    return isinstance(node, AbstractMixer) and bool(type(node).transition_fields)
 
 
 def _is_float(x) -> bool:
@@ -179,8 +168,8 @@ class SequenceModel(eqx.Module):
 
     def _cast(self) -> "SequenceModel":
         r"""The model with its floating parameters in `compute_dtype`, except those that make
-        a recurrence's transition (`TRANSITION_FIELDS`), which keep their dtype: rounding
-        $\nu_{\log}$ to bfloat16 would move $|\lambda| = 0.9999$ by percents."""
+        a recurrence's transition (each mixer's `transition_fields`), which keep their dtype:
+        rounding $\nu_{\log}$ to bfloat16 would move $|\lambda| = 0.9999$ by percents."""
         if self.compute_dtype is None:
             return self
         dtype = np.dtype(self.compute_dtype)
@@ -189,19 +178,15 @@ class SequenceModel(eqx.Module):
             return p.astype(dtype) if _is_float(p) else p
 
         def cast_node(node):
-            if not isinstance(node, tuple(_TRANSITION_FIELDS)):
+            if not _keeps_dtype(node):
                 return cast(node)
-            names = [
-                n for cls, ns in _TRANSITION_FIELDS.items() if isinstance(node, cls) for n in ns
-            ]
+            names = sorted(type(node).transition_fields)
             kept = [getattr(node, n) for n in names]
             return eqx.tree_at(
                 lambda m: [getattr(m, n) for n in names], jax.tree.map(cast, node), kept
             )
 
-        return jax.tree.map(
-            cast_node, self, is_leaf=lambda n: isinstance(n, tuple(_TRANSITION_FIELDS))
-        )
+        return jax.tree.map(cast_node, self, is_leaf=_keeps_dtype)
 
     def _encode(self, x, *, per_step: bool):
         owner = "SequenceModel"
@@ -407,15 +392,7 @@ def _pool(pooling: str, z, mask):
 
 # -- configuration -----------------------------------------------------------------------
 
-_MIXERS = ("lru", "ssm", "mingru", "minlstm", "gru", "lstm", "rglru", "selective-ssm")
 _BLOCKS = ("glu", "mlp", "hawk")
-_SSM_INITS = {"hippo": HiPPOLegS, "s4d-lin": S4DLin, "s4d-inv": S4DInv}
-_DISCRETISATIONS = {
-    "zoh": ZeroOrderHold,
-    "bilinear": Bilinear,
-    "forward-euler": ForwardEuler,
-    "backward-euler": BackwardEuler,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,8 +402,10 @@ class ModelConfig:
 
     **Fields:**
 
-    - `mixer`: `"lru"`, `"ssm"`, `"mingru"`, `"minlstm"`, `"gru"`, `"lstm"`, `"rglru"`
-        ([`recurrax.RGLRU`][]) or `"selective-ssm"` ([`recurrax.SelectiveSSM`][]).
+    - `mixer`: a registered mixer ([`recurrax.registered_mixers`][]): the built-in
+        `"lru"`, `"ssm"`, `"mingru"`, `"minlstm"`, `"gru"`, `"lstm"`, `"rglru"`
+        ([`recurrax.RGLRU`][]) and `"selective-ssm"` ([`recurrax.SelectiveSSM`][]), or one
+        of the user's ([`recurrax.register_mixer`][]).
     - `d_model`, `depth`, `output_size`.
     - `vocab_size` (token inputs) or `input_size` (feature inputs): exactly one.
     - `block`: `"glu"` (the LRU paper's, [`recurrax.GLUBlock`][]), `"mlp"` (the minRNN
@@ -443,7 +422,10 @@ class ModelConfig:
     - `mixer_options`: keyword arguments of the mixer's constructor (`r_min`, `r_max`,
         `max_phase`; `log_space`, `forget_bias`; for the SSM `init` in
         `"hippo"`/`"s4d-lin"`/`"s4d-inv"`, `discretisation` in
-        `"zoh"`/`"bilinear"`/`"forward-euler"`/`"backward-euler"`, `delta`, ...).
+        `"zoh"`/`"bilinear"`/`"forward-euler"`/`"backward-euler"`, `delta`; for the GRU
+        and LSTM `solver` in `"sequential"`/`"deer"`/`"quasi-deer"`/`"damped-quasi-deer"`,
+        or `{"name": "deer", "max_steps": 50, ...}` with the solver's arguments).
+        Options the mixer does not take are refused.
     - `param_dtype` (`"float32"`, `"bfloat16"`, ...), `compute_dtype` (or `None`).
     """
 
@@ -470,7 +452,8 @@ class ModelConfig:
 
     def __post_init__(self):
         owner = "ModelConfig"
-        for name, options in (("mixer", _MIXERS), ("block", _BLOCKS), ("pooling", _POOLINGS)):
+        spec = mixer_spec(self.mixer, owner=owner)
+        for name, options in (("block", _BLOCKS), ("pooling", _POOLINGS)):
             if getattr(self, name) not in options:
                 raise ValueError(
                     f"{owner}: `{name}` must be one of {options}, got "
@@ -524,6 +507,7 @@ class ModelConfig:
             raise ValueError(
                 f"{owner}: `mixer_options` must be JSON-serialisable ({error})."
             ) from None
+        spec.check_options(self.mixer_options, owner=owner)
 
     def to_dict(self) -> dict:
         """The configuration as a JSON-able dict."""
@@ -543,54 +527,41 @@ class ModelConfig:
     def make_mixer(
         self, width: int, *, key: PRNGKeyArray, method: AbstractScan | None = None
     ) -> AbstractMixer:
-        """The configured mixer for blocks of `width` features: minGRU/minLSTM/GRU/LSTM map
-        `width -> expansion * width`; the LRU, the SSMs and the RG-LRU work at
-        `expansion * width` (the block projects in and out). `method`: the scan strategy of
-        the linear mixers (not part of the configuration: it changes how, not what, they
-        compute)."""
-        options = dict(self.mixer_options)
+        """The configured mixer for blocks of `width` features, built by its registered
+        [`recurrax.MixerSpec`][]: minGRU/minLSTM/GRU/LSTM map `width -> expansion * width`;
+        the LRU, the SSMs and the RG-LRU work at `expansion * width` (the block projects in
+        and out). `method`: the scan strategy of the linear mixers (not part of the
+        configuration: it changes how, not what, they compute).
+
+        **Raises:** `ValueError` when `method` is given to a mixer that takes none."""
+        spec = mixer_spec(self.mixer)
+        options = spec.resolve_options(self.mixer_options)
         if method is not None:
-            if self.mixer in ("gru", "lstm"):
+            if not spec.scan_strategy:
                 raise ValueError(
-                    f"ModelConfig: the {self.mixer!r} mixer is a nonlinear recurrence and takes "
-                    f"no scan strategy, got method={method!r}."
+                    f"ModelConfig: the {self.mixer!r} mixer takes no scan strategy (a nonlinear "
+                    f"recurrence takes a `solver` in mixer_options), got method={method!r}."
                 )
             options["method"] = method
         dtype = np.dtype(self.param_dtype)
-        hidden = width * self.expansion
-        if self.mixer in ("lru", "ssm", "selective-ssm"):
-            if self.mixer != "lru":
-                if "init" in options:
-                    options["init"] = _lookup("init", _SSM_INITS, options["init"])()
-                if "discretisation" in options:
-                    options["discretisation"] = _lookup(
-                        "discretisation", _DISCRETISATIONS, options["discretisation"]
-                    )()
-            if self.mixer == "selective-ssm":
-                return _bidirectional_pair(SelectiveSSM, self.bidirectional, key)(
-                    hidden, self.state_size, dtype=dtype, **options
-                )
-            cls = LRU if self.mixer == "lru" else DiagonalSSM
-            return cls(
-                hidden,
+
+        def make(k, **extra):
+            return spec.build(
+                width,
+                width * self.expansion,
                 self.state_size,
-                bidirectional=self.bidirectional,
                 dtype=dtype,
-                key=key,
+                key=k,
                 **options,
+                **extra,
             )
-        if self.mixer == "rglru":
-            return _bidirectional_pair(RGLRU, self.bidirectional, key)(
-                hidden, dtype=dtype, **options
-            )
-        cls = {"mingru": MinGRU, "minlstm": MinLSTM, "gru": GRU, "lstm": LSTM}[self.mixer]
+
         if not self.bidirectional:
-            return cls(width, hidden, dtype=dtype, key=key, **options)
+            return make(key)
+        if spec.bidirectional:
+            return make(key, bidirectional=True)
         k1, k2 = jax.random.split(key)
-        return Bidirectional(
-            cls(width, hidden, dtype=dtype, key=k1, **options),
-            cls(width, hidden, dtype=dtype, key=k2, **options),
-        )
+        return Bidirectional(make(k1), make(k2))
 
     def build(
         self, *, key: PRNGKeyArray, method: AbstractScan | None = None
@@ -600,27 +571,6 @@ class ModelConfig:
         of every linear mixer (e.g. [`recurrax.SequenceParallelScan`][]); `None` for the
         default."""
         return eqx.nn.make_with_state(_build)(self, key, method)
-
-
-def _bidirectional_pair(cls, bidirectional: bool, key):
-    """A constructor of `cls(*args, key=..., **kwargs)`, or of a [`recurrax.Bidirectional`][]
-    pair of them (one key each) when `bidirectional`."""
-
-    def make(*args, **kwargs):
-        if not bidirectional:
-            return cls(*args, key=key, **kwargs)
-        k1, k2 = jax.random.split(key)
-        return Bidirectional(cls(*args, key=k1, **kwargs), cls(*args, key=k2, **kwargs))
-
-    return make
-
-
-def _lookup(name, table, value):
-    if value not in table:
-        raise ValueError(
-            f"ModelConfig: mixer_options[{name!r}] must be one of {tuple(table)}, got {value!r}."
-        )
-    return table[value]
 
 
 def _build(config: ModelConfig, key, method=None) -> SequenceModel:

@@ -576,3 +576,12 @@ def _implicit(solver, rebuild, f_dyn, d_dyn, x, h0, states):
 
     identity.defvjp(fwd, bwd)
     return identity(f_dyn, d_dyn, x, h0, states)
+
+
+# The solvers by name, as configurations (`ModelConfig.mixer_options`) give them.
+SOLVERS = {
+    "sequential": Sequential,
+    "deer": DEER,
+    "quasi-deer": QuasiDEER,
+    "damped-quasi-deer": DampedQuasiDEER,
+}

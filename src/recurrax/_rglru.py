@@ -1,6 +1,7 @@
 r"""The Real-Gated Linear Recurrent Unit of Griffin and Hawk: an input-dependent, real LRU."""
 
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -11,6 +12,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._checks import check_positive_int
 from ._dtypes import as_working, default_float, working_dtype
 from ._layer import AbstractRecurrentLayer
+from ._registry import register_mixer
 from ._scan import AbstractScan
 
 
@@ -134,6 +136,9 @@ class RGLRU(AbstractRecurrentLayer):
         ```
     """
 
+    recurrent_fields: ClassVar[frozenset[str]] = frozenset({"a_param"})
+    transition_fields: ClassVar[frozenset[str]] = frozenset({"a_param"})
+
     a_param: Float[Array, " size"]
     input_gate: Gate
     recurrence_gate: Gate
@@ -247,3 +252,14 @@ class RGLRU(AbstractRecurrentLayer):
 
     def readout(self, h, x):
         return h
+
+
+register_mixer(
+    "rglru",
+    RGLRU,
+    lambda width, hidden, state_size, *, dtype, key, **options: RGLRU(
+        hidden, dtype=dtype, key=key, **options
+    ),
+    block="hawk",
+    summary="the Real-Gated LRU of Griffin/Hawk",
+)

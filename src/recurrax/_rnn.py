@@ -1,6 +1,7 @@
 r"""Classic GRU and LSTM over time: the nonlinear baselines of the minRNN comparison."""
 
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -12,8 +13,9 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from ._checks import check_positive_int
 from ._dtypes import as_working, default_float, working_dtype
 from ._mixer import AbstractMixer, check_mask, check_resets
-from ._nonlinear import AbstractNonlinearSolver, nonlinear_recurrence, Sequential
+from ._nonlinear import AbstractNonlinearSolver, nonlinear_recurrence, Sequential, SOLVERS
 from ._recurrence import segment_cuts
+from ._registry import register_mixer
 from ._validate import check_array, check_bool, check_real_floating, check_state
 
 
@@ -163,6 +165,8 @@ class GRU(AbstractMixer):
         ```
     """
 
+    no_weight_decay: ClassVar[bool] = True
+
     weight_ih: Float[Array, "gates input"]
     weight_hh: Float[Array, "gates hidden"]
     bias: Float[Array, " gates"]
@@ -305,6 +309,8 @@ class LSTM(AbstractMixer):
     `(4 hidden,)`: $4 d_h (d_x + d_h) + 4 d_h$ parameters.
     """
 
+    no_weight_decay: ClassVar[bool] = True
+
     weight_ih: Float[Array, "gates input"]
     weight_hh: Float[Array, "gates hidden"]
     bias: Float[Array, " gates"]
@@ -445,3 +451,25 @@ class LSTM(AbstractMixer):
         """All hidden states from zeros, `(length, hidden_size)`; each segment of `resets`
         starts from zeros again."""
         return self.scan(self.init_state(), x, mask=mask, resets=resets)[1]
+
+
+register_mixer(
+    "gru",
+    GRU,
+    lambda width, hidden, state_size, *, dtype, key, **options: GRU(
+        width, hidden, dtype=dtype, key=key, **options
+    ),
+    summary="the classic GRU (sequential, or Newton's method over time with `solver`)",
+    scan_strategy=False,
+    choices={"solver": SOLVERS},
+)
+register_mixer(
+    "lstm",
+    LSTM,
+    lambda width, hidden, state_size, *, dtype, key, **options: LSTM(
+        width, hidden, dtype=dtype, key=key, **options
+    ),
+    summary="the classic LSTM (sequential, or Newton's method over time with `solver`)",
+    scan_strategy=False,
+    choices={"solver": SOLVERS},
+)

@@ -1,6 +1,7 @@
 r"""A selective (input-dependent) diagonal state-space layer, S6-style, on the same engine."""
 
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -10,10 +11,11 @@ import numpy as np
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
 from ._checks import check_positive_int
-from ._discretisation import AbstractDiscretisation, ZeroOrderHold
+from ._discretisation import AbstractDiscretisation, DISCRETISATION_NAMES, ZeroOrderHold
 from ._dtypes import as_working, complex_dtype, default_float
-from ._init import AbstractSSMInit, S4DLin
+from ._init import AbstractSSMInit, S4DLin, SSM_INITS
 from ._layer import AbstractRecurrentLayer
+from ._registry import register_mixer
 from ._scan import AbstractScan
 from ._ssm import DiagonalSSM
 
@@ -71,6 +73,11 @@ class SelectiveSSM(AbstractRecurrentLayer):
         steps = ssm.step_sizes(x)               # Δ_t, (100, 8): one per step and feature
         ```
     """
+
+    recurrent_fields: ClassVar[frozenset[str]] = frozenset(
+        {"Lambda_re_log", "Lambda_im", "step_proj", "B_re", "B_im", "B_proj"}
+    )
+    transition_fields: ClassVar[frozenset[str]] = frozenset({"Lambda_re_log", "Lambda_im"})
 
     Lambda_re_log: Float[Array, "input state"]
     Lambda_im: Float[Array, "input state"]
@@ -265,3 +272,15 @@ class SelectiveSSM(AbstractRecurrentLayer):
         c_re, c_im = self._output_matrix(x)
         mixed = jnp.real(h) * c_re - jnp.imag(h) * c_im
         return (factor * jnp.sum(mixed, axis=-1)).astype(x.dtype) + self.D[None] * x
+
+
+register_mixer(
+    "selective-ssm",
+    SelectiveSSM,
+    lambda width, hidden, state_size, *, dtype, key, **options: SelectiveSSM(
+        hidden, state_size, dtype=dtype, key=key, **options
+    ),
+    block="hawk",
+    summary="a diagonal SSM with an input-dependent step Δ and input matrix (Mamba-style)",
+    choices={"init": SSM_INITS, "discretisation": DISCRETISATION_NAMES},
+)

@@ -1,7 +1,7 @@
 r"""A trainable continuous-time diagonal state-space layer (S5 / S4D style)."""
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -10,12 +10,13 @@ import numpy as np
 from jaxtyping import Array, Complex, Float, PRNGKeyArray
 
 from ._checks import check_positive_int
-from ._discretisation import AbstractDiscretisation, ZeroOrderHold
+from ._discretisation import AbstractDiscretisation, DISCRETISATION_NAMES, ZeroOrderHold
 from ._dtypes import as_working, complex_dtype, default_float
-from ._init import AbstractSSMInit, HiPPOLegS
+from ._init import AbstractSSMInit, HiPPOLegS, SSM_INITS
 from ._layer import complex_projection, real_readout
 from ._lru import LRU
 from ._lti import AbstractLTILayer, depthwise_kernel, mimo_kernel
+from ._registry import register_mixer
 from ._scan import AbstractScan
 from ._system import ContinuousDiagonalSystem, DiscreteDiagonalSystem
 from ._validate import check_bool, check_real
@@ -64,6 +65,13 @@ class DiagonalSSM(AbstractLTILayer):
         y_lru = ssm.to_lru()(x)                     # the same outputs, as an LRU
         ```
     """
+
+    recurrent_fields: ClassVar[frozenset[str]] = frozenset(
+        {"Lambda_re_log", "Lambda_im", "log_step", "B_re", "B_im"}
+    )
+    transition_fields: ClassVar[frozenset[str]] = frozenset(
+        {"Lambda_re_log", "Lambda_im", "log_step"}
+    )
 
     Lambda_re_log: Float[Array, "*bank state"]
     Lambda_im: Float[Array, "*bank state"]
@@ -293,3 +301,16 @@ class DiagonalSSM(AbstractLTILayer):
         return LRU.from_discrete_system(
             forward, reverse_C=reverse_c, gamma_log=gamma_log, method=self.method
         )
+
+
+register_mixer(
+    "ssm",
+    DiagonalSSM,
+    lambda width, hidden, state_size, *, dtype, key, **options: DiagonalSSM(
+        hidden, state_size, dtype=dtype, key=key, **options
+    ),
+    block="glu",
+    summary="a continuous diagonal SSM, discretised (S4D/S5-style; ZOH, bilinear, Euler)",
+    bidirectional=True,
+    choices={"init": SSM_INITS, "discretisation": DISCRETISATION_NAMES},
+)

@@ -11,7 +11,6 @@ weight decay.
 import dataclasses
 import functools
 import math
-import types
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -23,13 +22,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PRNGKeyArray, PyTree, Scalar
 
-from ._layer import AbstractRecurrentLayer
-from ._lru import LRU
-from ._minrnn import MinGRU, MinLSTM
-from ._rglru import RGLRU
-from ._rnn import GRU, LSTM
-from ._selective_ssm import SelectiveSSM
-from ._ssm import DiagonalSSM
+from ._mixer import AbstractMixer
+from ._registry import registered_mixers
 
 
 # -- parameter groups -------------------------------------------------------------------------
@@ -38,40 +32,42 @@ RECURRENT = "recurrent"
 NO_DECAY = "no_decay"
 DECAY = "decay"
 
-RECURRENT_FIELDS: Mapping[type, frozenset[str]] = types.MappingProxyType(
-    {
-        # LRU paper, App. D.2: nu, theta, gamma and B train at base x lr_factor, no decay.
-        LRU: frozenset({"nu_log", "theta_log", "gamma_log", "B_re", "B_im"}),
-        # The same roles in the continuous parameterisation: Lambda and the step make the
-        # discrete eigenvalues, B is the input matrix.
-        DiagonalSSM: frozenset({"Lambda_re_log", "Lambda_im", "log_step", "B_re", "B_im"}),
-        # Griffin: the RG-LRU's a = sigmoid(Lambda); its gates are ordinary weights.
-        RGLRU: frozenset({"a_param"}),
-        # The selective SSM: the step (now a projection of the input) and B's roles as above.
-        SelectiveSSM: frozenset(
-            {"Lambda_re_log", "Lambda_im", "step_proj", "B_re", "B_im", "B_proj"}
-        ),
-    }
-)
-"""The layers with a `"recurrent"` group: `{layer type: names of its recurrent fields}`. The
-other parameters of these layers (`C_re`, `C_im`, `D`) are ordinary (`"decay"`). Read-only;
-extend it by passing `recurrent_fields={**RECURRENT_FIELDS, MyLayer: {"a_log"}}`."""
 
-NO_DECAY_TYPES: tuple[type, ...] = (
-    MinGRU,
-    MinLSTM,
-    GRU,
-    LSTM,
-    eqx.nn.GRUCell,
-    eqx.nn.LSTMCell,
-    # Any other recurrent layer, e.g. a user's subclass: no weight decay on the recurrence
-    # (minRNN §5), at the base learning rate (there is no eigenvalue parameter to slow down).
-    AbstractRecurrentLayer,
-)
-"""The layers all of whose parameters form the `"no_decay"` group: the minimal and classic
-RNNs (minRNN paper: no weight decay on the RNN projections) and every other subclass of
-[`recurrax.AbstractRecurrentLayer`][]. [`recurrax.RECURRENT_FIELDS`][] takes precedence (an
-LRU is a recurrent layer too)."""
+class _DeclaredRecurrentFields(Mapping):
+    """`{layer type: recurrent_fields}` of the registered mixers that declare some, read when
+    used (so it follows later registrations)."""
+
+    def _table(self) -> dict[type, frozenset[str]]:
+        layers = (spec.layer for spec in registered_mixers().values())
+        return {cls: cls.recurrent_fields for cls in layers if cls.recurrent_fields}
+
+    def __getitem__(self, cls):
+        return self._table()[cls]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self):
+        return len(self._table())
+
+    def __repr__(self):
+        names = {cls.__name__: sorted(f) for cls, f in self._table().items()}
+        return f"RECURRENT_FIELDS({names})"
+
+
+RECURRENT_FIELDS: Mapping[type, frozenset[str]] = _DeclaredRecurrentFields()
+"""The recurrent fields that the registered mixers declare, `{layer type:
+layer.recurrent_fields}` (read-only; e.g. [`recurrax.LRU`][]: `nu_log`, `theta_log`,
+`gamma_log`, `B_re`, `B_im`). Layers declare their own (the class variable
+`recurrent_fields` of [`recurrax.AbstractMixer`][]), and [`recurrax.param_labels`][] reads
+the declarations; this table is kept for code written before, e.g.
+`recurrent_fields={**RECURRENT_FIELDS, MyLayer: {"a_log"}}`, which still works."""
+
+NO_DECAY_TYPES: tuple[type, ...] = (eqx.nn.GRUCell, eqx.nn.LSTMCell)
+"""Equinox's own recurrent cells, all of whose parameters form the `"no_decay"` group (as the
+recurrax mixers that declare `no_weight_decay`: minGRU, minLSTM, GRU, LSTM and every
+[`recurrax.AbstractRecurrentLayer`][] without `recurrent_fields`). Extend it for other
+layers that cannot declare `no_weight_decay` themselves."""
 
 
 def _field_name(path: tuple) -> str | None:
@@ -107,13 +103,18 @@ def _check_tables(recurrent_fields, no_decay_types) -> None:
 
 def _label(node, group: str, recurrent_fields, no_decay_types):
     """Labels for the array leaves of `node` (arrays or `None` after `eqx.filter`), `group`
-    unless a layer type below says otherwise."""
+    unless a layer below says otherwise (a table entry, else the layer's declarations)."""
     if node is None:
         return None
     if eqx.is_array(node):
         return group
     recurrent = next((f for t, f in recurrent_fields.items() if isinstance(node, t)), None)
-    if recurrent is None and isinstance(node, no_decay_types):
+    mixer = isinstance(node, AbstractMixer)
+    if recurrent is None and mixer and type(node).recurrent_fields:
+        recurrent = type(node).recurrent_fields
+    if recurrent is None and (
+        isinstance(node, no_decay_types) or (mixer and type(node).no_weight_decay)
+    ):
         group = NO_DECAY
     # One level down: the node's children, with their attribute names where it has them.
     children, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
@@ -131,19 +132,22 @@ def _label(node, group: str, recurrent_fields, no_decay_types):
 def param_labels(
     model: PyTree,
     *,
-    recurrent_fields: Mapping[type, Collection[str]] = RECURRENT_FIELDS,
+    recurrent_fields: Mapping[type, Collection[str]] | None = None,
     no_decay_types: tuple[type, ...] = NO_DECAY_TYPES,
 ) -> PyTree[str | None]:
     r"""The optimiser group of every parameter: `"recurrent"`, `"no_decay"` or `"decay"`.
 
-    The model is searched for layers of the listed types at any depth (in tuples, lists,
-    dicts, blocks, other modules). Within a layer of a type in `recurrent_fields` (the first
-    that matches by `isinstance`), its listed fields are `"recurrent"` and its other
-    parameters `"decay"`; within a layer of a type in `no_decay_types` every parameter is
-    `"no_decay"`; everything else (encoders, MLP/GLU linears, norms, heads) is `"decay"`. A
-    listed layer nested inside another listed layer is labelled by its own entry.
+    The model is searched for layers at any depth (in tuples, lists, dicts, blocks, other
+    modules). Each layer says its group through its class variables (see
+    [`recurrax.AbstractMixer`][]): within a layer that declares `recurrent_fields`, those
+    fields are `"recurrent"` and its other parameters `"decay"`; within a layer that declares
+    `no_weight_decay` (or whose type is in `no_decay_types`) every parameter is `"no_decay"`;
+    everything else (encoders, MLP/GLU linears, norms, heads) is `"decay"`. A layer nested
+    inside another is labelled by its own declarations. The table `recurrent_fields`, when
+    given, takes precedence over the declarations of the types it lists (the first that
+    matches by `isinstance`).
 
-    Default groups:
+    The declarations of the built-in layers:
 
     - [`recurrax.LRU`][]: `nu_log`, `theta_log`, `gamma_log`, `B_re`, `B_im` are
         `"recurrent"` (base × `lr_factor`, no decay); `C_re`, `C_im`, `D` are `"decay"`.
@@ -153,17 +157,17 @@ def param_labels(
     - [`recurrax.SelectiveSSM`][]: `Lambda_re_log`, `Lambda_im`, `step_proj`, `B_re`,
         `B_im`, `B_proj` are `"recurrent"`; `C_re`, `C_im`, `C_proj`, `D` are `"decay"`.
     - [`recurrax.MinGRU`][], [`recurrax.MinLSTM`][], [`recurrax.GRU`][],
-        [`recurrax.LSTM`][], `eqx.nn.GRUCell`, `eqx.nn.LSTMCell` and any other
-        [`recurrax.AbstractRecurrentLayer`][]: all `"no_decay"` (base, no decay).
+        [`recurrax.LSTM`][], any other [`recurrax.AbstractRecurrentLayer`][], and
+        `eqx.nn.GRUCell`, `eqx.nn.LSTMCell`: all `"no_decay"` (base, no decay).
     - Anything else: `"decay"` (AdamW with weight decay).
 
     **Arguments:**
 
     - `model`: any pytree, usually an `equinox.Module`.
-    - `recurrent_fields`: `{layer type: names of its recurrent fields}`; default
-        [`recurrax.RECURRENT_FIELDS`][].
-    - `no_decay_types`: layer types whose parameters are all `"no_decay"`; default
-        [`recurrax.NO_DECAY_TYPES`][]. `recurrent_fields` takes precedence.
+    - `recurrent_fields`: `None`, or `{layer type: names of its recurrent fields}` for
+        layers that do not declare theirs (or to override a declaration).
+    - `no_decay_types`: more layer types whose parameters are all `"no_decay"`; default
+        [`recurrax.NO_DECAY_TYPES`][]. Recurrent fields take precedence.
 
     **Returns:**
 
@@ -177,6 +181,7 @@ def param_labels(
     field of it, or if `no_decay_types` holds something other than types.
     """
     no_decay_types = tuple(no_decay_types)
+    recurrent_fields = {} if recurrent_fields is None else recurrent_fields
     _check_tables(recurrent_fields, no_decay_types)
     fields = {cls: frozenset(names) for cls, names in recurrent_fields.items()}
     params = eqx.filter(model, eqx.is_inexact_array)
@@ -231,7 +236,7 @@ def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    recurrent_fields: Mapping[type, Collection[str]] = RECURRENT_FIELDS,
+    recurrent_fields: Mapping[type, Collection[str]] | None = None,
     no_decay_types: tuple[type, ...] = NO_DECAY_TYPES,
 ) -> optax.GradientTransformation:
     r"""The optimiser of the LRU paper (App. D.2) with the groups of
