@@ -10,13 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from ._bidirectional import Bidirectional
 from ._block import _dense, AbstractBlock, GLUBlock, HawkBlock, make_norm, MixerMLPBlock
 from ._checks import check_positive_int
 from ._discretisation import BackwardEuler, Bilinear, ForwardEuler, ZeroOrderHold
 from ._init import HiPPOLegS, S4DInv, S4DLin
 from ._lru import LRU
 from ._minrnn import MinGRU, MinLSTM
-from ._mixer import AbstractMixer, Bidirectional, check_mask, check_resets
+from ._mixer import AbstractMixer, check_mask, check_resets
 from ._norm import AbstractNorm, BatchNorm
 from ._rglru import RGLRU
 from ._rnn import GRU, LSTM
