@@ -153,6 +153,29 @@ def test_the_library_imports_neither_experiments_nor_proofs():
     assert not {m: t for m, t in wrong.items() if t}
 
 
+def _reachable(graph: dict[str, set[str]], module: str) -> set[str]:
+    """The modules `module` imports, directly or through others."""
+    seen, todo = set(), [module]
+    while todo:
+        for target in graph[todo.pop()]:
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_the_lower_tiers_import_nothing_above_them():
+    """The mixer interface is the bottom; the layer base class reaches neither the
+    Bidirectional wrapper, the convolution, the blocks nor the models; the checkpoint format
+    knows nothing of the manager."""
+    graph = import_graph()
+    assert _reachable(graph, "recurrax._mixer") == set()
+    assert _reachable(graph, "recurrax._bidirectional") == {"recurrax._mixer"}
+    above = {"recurrax._bidirectional", "recurrax._conv", "recurrax._block", "recurrax._model"}
+    assert not _reachable(graph, "recurrax._layer") & above
+    assert "recurrax._checkpoint_manager" not in _reachable(graph, "recurrax._checkpoint")
+
+
 _PRIVATE = re.compile(r"\brecurrax\._\w+|\bfrom recurrax import\b[^\n]*\b_\w+")
 
 

@@ -3,9 +3,9 @@ linear-recurrence engine, in JAX and Equinox."""
 
 import importlib.metadata
 
+from ._bidirectional import Bidirectional as Bidirectional
 from ._block import (
     AbstractBlock as AbstractBlock,
-    CausalDepthwiseConv as CausalDepthwiseConv,
     GLUBlock as GLUBlock,
     HawkBlock as HawkBlock,
     MixerMLPBlock as MixerMLPBlock,
@@ -13,11 +13,12 @@ from ._block import (
 from ._checkpoint import (
     Checkpoint as Checkpoint,
     CheckpointError as CheckpointError,
-    CheckpointManager as CheckpointManager,
     load_checkpoint as load_checkpoint,
     read_checkpoint_header as read_checkpoint_header,
     save_checkpoint as save_checkpoint,
 )
+from ._checkpoint_manager import CheckpointManager as CheckpointManager
+from ._conv import CausalDepthwiseConv as CausalDepthwiseConv
 from ._discretisation import (
     AbstractDiscretisation as AbstractDiscretisation,
     BackwardEuler as BackwardEuler,
@@ -41,7 +42,7 @@ from ._layer import (
 from ._lru import LRU as LRU, stability_floor as stability_floor
 from ._lti import AbstractLTILayer as AbstractLTILayer, mimo_kernel as mimo_kernel
 from ._minrnn import g as g, log_g as log_g, MinGRU as MinGRU, MinLSTM as MinLSTM
-from ._mixer import AbstractMixer as AbstractMixer, Bidirectional as Bidirectional
+from ._mixer import AbstractMixer as AbstractMixer
 from ._model import ModelConfig as ModelConfig, SequenceModel as SequenceModel
 from ._nonlinear import (
     AbstractNewtonSolver as AbstractNewtonSolver,

@@ -17,7 +17,6 @@ Dropout is active only when a `key` is given and the block is not in inference m
 """
 
 import abc
-import math
 from typing import Literal
 
 import equinox as eqx
@@ -27,8 +26,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from ._checks import check_positive_int
+from ._conv import CausalDepthwiseConv
 from ._dtypes import default_float
-from ._mixer import AbstractMixer, check_mask, check_resets, zero_masked
+from ._mixer import AbstractMixer, check_mask, check_resets
 from ._norm import AbstractNorm, BatchNorm, LayerNorm, RMSNorm
 from ._validate import check_array, check_real, check_real_floating, check_state
 
@@ -70,113 +70,6 @@ def _dropout(rate: float, x: Array, key, inference: bool) -> Array:
 
 def _split(key, n):
     return (None,) * n if key is None else tuple(jax.random.split(key, n))
-
-
-class CausalDepthwiseConv(eqx.Module):
-    r"""A causal depthwise convolution over time,
-    $y_t = b + \sum_{j=0}^{k-1} w_j \odot x_{t-j}$ (each feature its own filter; $x_{t<0} = 0$).
-
-    Streaming keeps the last $k - 1$ inputs as state, so `scan` in pieces and `step` give
-    the one-call result. Masked steps are skipped (as if absent): the filter sees the
-    previous valid inputs. With `resets` (segment starts of a packed sequence) the history
-    restarts at each segment: inputs of earlier segments count as zeros.
-
-    **Fields:** `weight` `(kernel_size, features)` ($w_j$ is row $j$), `bias` `(features,)`.
-    """
-
-    weight: Float[Array, "kernel features"]
-    bias: Float[Array, " features"]
-    features: int = eqx.field(static=True)
-    kernel_size: int = eqx.field(static=True)
-
-    def __init__(self, features: int, kernel_size: int = 4, *, dtype=None, key: PRNGKeyArray):
-        """Uniform $\\pm 1/\\sqrt{k}$ initialisation (PyTorch's for a depthwise conv).
-
-        **Raises:** `ValueError` for non-positive sizes."""
-        check_positive_int("CausalDepthwiseConv", "features", features)
-        check_positive_int("CausalDepthwiseConv", "kernel_size", kernel_size)
-        dtype = default_float(dtype)
-        bound = 1 / math.sqrt(kernel_size)
-        kw, kb = jax.random.split(key)
-        self.weight = jax.random.uniform(kw, (kernel_size, features), dtype, -bound, bound)
-        self.bias = jax.random.uniform(kb, (features,), dtype, -bound, bound)
-        self.features, self.kernel_size = int(features), int(kernel_size)
-
-    def init_state(self) -> Float[Array, "history features"]:
-        """The last $k - 1$ inputs, zeros: `(kernel_size - 1, features)`."""
-        return jnp.zeros((self.kernel_size - 1, self.features), self.weight.dtype)
-
-    def scan(
-        self,
-        h: Float[Array, "history features"],
-        x: Float[Array, "length features"],
-        *,
-        mask: Bool[Array, " length"] | None = None,
-        resets: Bool[Array, " length"] | None = None,
-    ) -> tuple[Float[Array, "history features"], Float[Array, "length features"]]:
-        """`(h_last, y)` from the carried history `h` (oldest first); masked steps are
-        skipped and output zeros; at each segment start of `resets` the history is zeros
-        (and `h_last` keeps only the last segment's inputs)."""
-        check_array("CausalDepthwiseConv", "x", x)
-        length = x.shape[0]
-        if x.ndim != 2 or x.shape[1] != self.features:
-            raise ValueError(
-                f"CausalDepthwiseConv: `x` must have shape (length, {self.features}), got "
-                f"shape {tuple(x.shape)}."
-            )
-        check_real_floating("CausalDepthwiseConv", "x", x)
-        check_state("CausalDepthwiseConv", "h", h, jax.eval_shape(self.init_state))
-        check_mask("CausalDepthwiseConv", mask, length)
-        check_resets("CausalDepthwiseConv", resets, length)
-        h = h.astype(x.dtype)
-        if resets is not None:
-            # The segment of every step: the carried history is segment 0.
-            segment = jnp.cumsum(resets.astype(jnp.int32), dtype=jnp.int32)
-        if mask is not None:
-            # Valid steps first, in order: the filter runs over the valid inputs only.
-            order = jnp.argsort(jnp.logical_not(mask), stable=True)
-            x = x[order]
-            if resets is not None:
-                segment = segment[order]
-        k = self.kernel_size
-        full = jnp.concatenate([h, x], axis=0)
-        if resets is None:
-            taps = [full[k - 1 - j : k - 1 - j + length] for j in range(k)]
-        else:
-            seg_full = jnp.concatenate([jnp.zeros((k - 1,), jnp.int32), segment])
-            same = [seg_full[k - 1 - j : k - 1 - j + length] == segment for j in range(k)]
-            taps = [
-                jnp.where(same[j][:, None], full[k - 1 - j : k - 1 - j + length], 0)
-                for j in range(k)
-            ]
-        y = self.bias[None] + sum(self.weight[j][None] * taps[j] for j in range(k))
-        if mask is None:
-            h_last = full[length:]
-            if resets is not None:
-                h_seg = seg_full[length:]
-        else:
-            valid = jnp.sum(mask.astype(jnp.int32))
-            h_last = jax.lax.dynamic_slice_in_dim(full, valid, k - 1, axis=0)
-            if resets is not None:
-                h_seg = jax.lax.dynamic_slice_in_dim(seg_full, valid, k - 1, axis=0)
-            rank = jnp.cumsum(mask.astype(jnp.int32)) - 1
-            y = zero_masked(y[jnp.maximum(rank, 0)], mask)
-        if resets is not None:
-            # Only the current (last) segment's inputs are history for the next call.
-            current = jnp.sum(resets.astype(jnp.int32), dtype=jnp.int32)
-            h_last = jnp.where((h_seg == current)[:, None], h_last, 0)
-        return h_last, y
-
-    def __call__(
-        self,
-        x: Float[Array, "length features"],
-        *,
-        mask: Bool[Array, " length"] | None = None,
-        resets: Bool[Array, " length"] | None = None,
-    ) -> Float[Array, "length features"]:
-        """The outputs from a zero history, `(length, features)`; with `resets`, from a zero
-        history at every segment start."""
-        return self.scan(self.init_state(), x, mask=mask, resets=resets)[1]
 
 
 class AbstractBlock(eqx.Module):

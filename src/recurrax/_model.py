@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from ._bidirectional import Bidirectional
 from ._block import _dense, AbstractBlock, GLUBlock, HawkBlock, make_norm, MixerMLPBlock
 from ._checks import check_positive_int
-from ._mixer import AbstractMixer, Bidirectional, check_mask, check_resets
+from ._mixer import AbstractMixer, check_mask, check_resets
 from ._norm import AbstractNorm, BatchNorm
 from ._registry import mixer_spec
 from ._scan import AbstractScan
