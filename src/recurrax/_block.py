@@ -28,6 +28,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 from ._checks import check_positive_int
 from ._conv import CausalDepthwiseConv
 from ._dtypes import default_float
+from ._linear import dense
 from ._mixer import AbstractMixer, check_mask, check_resets
 from ._norm import AbstractNorm, BatchNorm, LayerNorm, RMSNorm
 from ._validate import check_array, check_real, check_real_floating, check_state
@@ -55,12 +56,6 @@ def _apply_norm(norm, x, state, mask):
     return norm(x, state, mask=mask)
 
 
-def _dense(linear: eqx.nn.Linear, x: Array) -> Array:
-    """An `eqx.nn.Linear` applied to every step of `(length, in)` as one matmul."""
-    y = x @ linear.weight.T
-    return y if linear.bias is None else y + linear.bias[None]
-
-
 def _dropout(rate: float, x: Array, key, inference: bool) -> Array:
     if key is None or inference or rate == 0:
         return x
@@ -74,8 +69,9 @@ def _split(key, n):
 
 class AbstractBlock(eqx.Module):
     r"""Abstract base class of a residual block around a mixer (see the module docs for the
-    call convention). A subclass provides `_forward`, the block's body written once for the
-    full call and for streaming."""
+    call convention). A subclass provides `init_state` and `forward`, the block's body written
+    once for the full call and for streaming; `__call__`, `scan` and `step` check their
+    inputs and call it. A new block is a final subclass with those two methods."""
 
     d_model: eqx.AbstractVar[int]
     mixer: eqx.AbstractVar[AbstractMixer]
@@ -85,9 +81,47 @@ class AbstractBlock(eqx.Module):
         """The streaming state before the first step."""
 
     @abc.abstractmethod
-    def _forward(self, x, state, h, mask, key, resets=None):
-        """`(y, state, h)`: the body; `h is None` for the full call (either direction);
-        `resets` marks segment starts."""
+    def forward(
+        self,
+        x: Float[Array, "length d_model"],
+        state: eqx.nn.State | None,
+        h: PyTree[Array] | None,
+        *,
+        mask: Bool[Array, " length"] | None = None,
+        resets: Bool[Array, " length"] | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "length d_model"], eqx.nn.State | None, PyTree[Array] | None]:
+        r"""The block's body, unchecked: `(y, state, h)`.
+
+        **Arguments:**
+
+        - `x`: `(length, d_model)`.
+        - `state`: the normalisation state (`equinox.nn.State`, `None` without BatchNorm).
+        - `h`: `None` for a whole sequence (either direction of a bidirectional mixer), or
+            the carried streaming state (`init_state()`'s structure) to continue from.
+        - `mask`, `resets`: boolean `(length,)`, as for [`recurrax.AbstractMixer`][].
+        - `key`: for dropout (`None`: off).
+
+        **Returns:** the outputs `(length, d_model)`, the new normalisation state, and the
+        streaming state after the last step (`None` when `h` was `None`).
+
+        This is what [`recurrax.SequenceModel`][] calls for each block (the model checks the
+        inputs once); call `__call__` or `scan` to have them checked.
+
+        !!! example
+
+            ```python
+            import jax
+            import jax.numpy as jnp
+            import recurrax
+
+            block = recurrax.GLUBlock(recurrax.LRU(4, 8, key=jax.random.key(0)), norm="layer",
+                                      key=jax.random.key(1))
+            x = jnp.ones((6, 4))
+            y, _, h = block.forward(x, None, block.init_state())
+            assert y.shape == (6, 4) and jnp.allclose(y, block(x)[0], atol=1e-5)
+            ```
+        """
 
     def _check(self, x, mask, resets=None):
         check_array(type(self).__name__, "x", x)
@@ -122,7 +156,7 @@ class AbstractBlock(eqx.Module):
 
         **Returns:** `(y, state)`, `y` of shape `(length, d_model)`."""
         self._check(x, mask, resets)
-        y, state, _ = self._forward(x, state, None, mask, key, resets=resets)
+        y, state, _ = self.forward(x, state, None, mask=mask, resets=resets, key=key)
         return y, state
 
     def scan(
@@ -141,7 +175,7 @@ class AbstractBlock(eqx.Module):
         self._check_streaming()
         self._check(x, mask, resets)
         check_state(type(self).__name__, "h", h, jax.eval_shape(self.init_state))
-        y, state, h = self._forward(x, state, h, mask, key, resets=resets)
+        y, state, h = self.forward(x, state, h, mask=mask, resets=resets, key=key)
         return h, y, state
 
     def step(
@@ -229,14 +263,14 @@ class GLUBlock(AbstractBlock):
         """The mixer's state."""
         return self.mixer.init_state()
 
-    def _forward(self, x, state, h, mask, key, resets=None):
+    def forward(self, x, state, h, *, mask=None, resets=None, key=None):
         k1, k2 = _split(key, 2)
         z = x
         if self.prenorm:
             z, state = _apply_norm(self.norm, z, state, mask)
         z, h = _mix(self.mixer, z, h, mask, resets)
         z = _dropout(self.dropout, jnn.gelu(z), k1, self.inference)
-        z = _dense(self.glu_value, z) * jnn.sigmoid(_dense(self.glu_gate, z))
+        z = dense(self.glu_value, z) * jnn.sigmoid(dense(self.glu_gate, z))
         y = x + _dropout(self.dropout, z, k2, self.inference)
         if not self.prenorm:
             y, state = _apply_norm(self.norm, y, state, mask)
@@ -342,7 +376,7 @@ class MixerMLPBlock(AbstractBlock):
         conv = None if self.conv is None else self.conv.init_state()
         return conv, self.mixer.init_state()
 
-    def _forward(self, x, state, h, mask, key, resets=None):
+    def forward(self, x, state, h, *, mask=None, resets=None, key=None):
         k1, k2 = _split(key, 2)
         h_conv, h_mixer = (None, None) if h is None else h
         z = x
@@ -354,10 +388,10 @@ class MixerMLPBlock(AbstractBlock):
             else:
                 h_conv, z = self.conv.scan(h_conv, z, mask=mask, resets=resets)
         if self.in_proj is not None:
-            z = _dense(self.in_proj, z)
+            z = dense(self.in_proj, z)
         z, h_mixer = _mix(self.mixer, z, h_mixer, mask, resets)
         if self.out_proj is not None:
-            z = _dense(self.out_proj, z)
+            z = dense(self.out_proj, z)
         x = x + _dropout(self.dropout, z, k1, self.inference)
         if not self.prenorm:
             x, state = _apply_norm(self.norm, x, state, mask)
@@ -365,7 +399,7 @@ class MixerMLPBlock(AbstractBlock):
             z = x
             if self.prenorm:
                 z, state = _apply_norm(self.mlp_norm, z, state, mask)
-            z = _dense(self.mlp_out, jnn.gelu(_dense(self.mlp_in, z)))
+            z = dense(self.mlp_out, jnn.gelu(dense(self.mlp_in, z)))
             x = x + _dropout(self.dropout, z, k2, self.inference)
             if not self.prenorm:
                 x, state = _apply_norm(self.mlp_norm, x, state, mask)
@@ -490,21 +524,21 @@ class HawkBlock(AbstractBlock):
         conv = None if self.conv is None else self.conv.init_state()
         return conv, self.mixer.init_state()
 
-    def _forward(self, x, state, h, mask, key, resets=None):
+    def forward(self, x, state, h, *, mask=None, resets=None, key=None):
         k1, k2 = _split(key, 2)
         h_conv, h_mixer = (None, None) if h is None else h
         z = x
         if self.prenorm:
             z, state = _apply_norm(self.norm, z, state, mask)
-        gate = jnn.gelu(_dense(self.gate_proj, z))
-        u = _dense(self.in_proj, z)
+        gate = jnn.gelu(dense(self.gate_proj, z))
+        u = dense(self.in_proj, z)
         if self.conv is not None:
             if h is None:
                 u = self.conv(u, mask=mask, resets=resets)
             else:
                 h_conv, u = self.conv.scan(h_conv, u, mask=mask, resets=resets)
         u, h_mixer = _mix(self.mixer, u, h_mixer, mask, resets)
-        z = _dense(self.out_proj, gate * u)
+        z = dense(self.out_proj, gate * u)
         x = x + _dropout(self.dropout, z, k1, self.inference)
         if not self.prenorm:
             x, state = _apply_norm(self.norm, x, state, mask)
@@ -512,8 +546,8 @@ class HawkBlock(AbstractBlock):
             z = x
             if self.prenorm:
                 z, state = _apply_norm(self.mlp_norm, z, state, mask)
-            z = jnn.gelu(_dense(self.mlp_gate, z)) * _dense(self.mlp_value, z)
-            x = x + _dropout(self.dropout, _dense(self.mlp_out, z), k2, self.inference)
+            z = jnn.gelu(dense(self.mlp_gate, z)) * dense(self.mlp_value, z)
+            x = x + _dropout(self.dropout, dense(self.mlp_out, z), k2, self.inference)
             if not self.prenorm:
                 x, state = _apply_norm(self.mlp_norm, x, state, mask)
         new_h = None if h is None else (h_conv, h_mixer)

@@ -11,8 +11,9 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._bidirectional import Bidirectional
-from ._block import _dense, AbstractBlock, GLUBlock, HawkBlock, make_norm, MixerMLPBlock
+from ._block import AbstractBlock, GLUBlock, HawkBlock, make_norm, MixerMLPBlock
 from ._checks import check_positive_int
+from ._linear import dense
 from ._mixer import AbstractMixer, check_mask, check_resets
 from ._norm import AbstractNorm, BatchNorm
 from ._registry import mixer_spec
@@ -215,7 +216,7 @@ class SequenceModel(eqx.Module):
         x = x.astype(self.encoder.weight.dtype)
         if per_step:
             x = x[None]
-        z = _dense(self.encoder, x)
+        z = dense(self.encoder, x)
         return z[0] if per_step else z
 
     def _body(self, z, state, h, mask, key, resets=None):
@@ -224,8 +225,7 @@ class SequenceModel(eqx.Module):
         hs = []
         for i, block in enumerate(self.blocks):
             h_i = None if h is None else h[i]
-            kwargs = {} if resets is None else {"resets": resets}
-            z, state, h_i = block._forward(z, state, h_i, mask, keys[i], **kwargs)
+            z, state, h_i = block.forward(z, state, h_i, mask=mask, resets=resets, key=keys[i])
             hs.append(h_i)
         if self.final_norm is not None:
             z, state = self.final_norm(z, state, mask=mask)
@@ -314,7 +314,7 @@ class SequenceModel(eqx.Module):
             y, _ = pool_segments(z, resets, num_segments, pooling=self.pooling, mask=mask)
         else:
             y = _pool(self.pooling, z, mask)
-        y = _dense(model.head, y[None])[0] if y.ndim == 1 else _dense(model.head, y)
+        y = dense(model.head, y[None])[0] if y.ndim == 1 else dense(model.head, y)
         return y if state is _sentinel else (y, new_state)
 
     def init_state(self) -> PyTree[Array]:
@@ -343,7 +343,7 @@ class SequenceModel(eqx.Module):
         check_mask("SequenceModel", mask, z.shape[0])
         check_resets("SequenceModel", resets, z.shape[0])
         z, _, h = model._body(z, state, h, mask, None, resets)
-        return h, _dense(model.head, z)
+        return h, dense(model.head, z)
 
     def step(
         self,
@@ -358,7 +358,7 @@ class SequenceModel(eqx.Module):
         model = self._cast()
         z = model._encode(x_t, per_step=True)
         z, _, h = model._body(z[None], state, h, None, None)
-        return h, _dense(model.head, z)[0]
+        return h, dense(model.head, z)[0]
 
 
 def _encoder_width(encoder) -> int:
