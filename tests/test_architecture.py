@@ -171,9 +171,28 @@ def test_the_lower_tiers_import_nothing_above_them():
     graph = import_graph()
     assert _reachable(graph, "recurrax._mixer") == set()
     assert _reachable(graph, "recurrax._bidirectional") == {"recurrax._mixer"}
-    above = {"recurrax._bidirectional", "recurrax._conv", "recurrax._block", "recurrax._model"}
+    above = {
+        "recurrax._bidirectional",
+        "recurrax._conv",
+        "recurrax._block",
+        "recurrax._model",
+        "recurrax._config",
+    }
     assert not _reachable(graph, "recurrax._layer") & above
     assert "recurrax._checkpoint_manager" not in _reachable(graph, "recurrax._checkpoint")
+
+
+def test_configuration_and_training_know_no_concrete_mixer():
+    """One registry: the registry sits on the mixer interface alone, and the model
+    configuration and the optimiser groups reach the mixers through it, never by import."""
+    graph = import_graph()
+    assert _reachable(graph, "recurrax._registry") == {"recurrax._mixer"}
+    concrete = {
+        f"recurrax.{name}"
+        for name in ("_lru", "_ssm", "_minrnn", "_rnn", "_rglru", "_selective_ssm")
+    }
+    for module in ("recurrax._config", "recurrax._param_groups", "recurrax._optimizer"):
+        assert not _reachable(graph, module) & concrete, module
 
 
 _PRIVATE = re.compile(r"\brecurrax\._\w+|\bfrom recurrax import\b[^\n]*\b_\w+")

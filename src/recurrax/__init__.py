@@ -18,6 +18,7 @@ from ._checkpoint import (
     save_checkpoint as save_checkpoint,
 )
 from ._checkpoint_manager import CheckpointManager as CheckpointManager
+from ._config import ModelConfig as ModelConfig
 from ._conv import CausalDepthwiseConv as CausalDepthwiseConv
 from ._discretisation import (
     AbstractDiscretisation as AbstractDiscretisation,
@@ -43,7 +44,7 @@ from ._lru import LRU as LRU, stability_floor as stability_floor
 from ._lti import AbstractLTILayer as AbstractLTILayer, mimo_kernel as mimo_kernel
 from ._minrnn import g as g, log_g as log_g, MinGRU as MinGRU, MinLSTM as MinLSTM
 from ._mixer import AbstractMixer as AbstractMixer
-from ._model import ModelConfig as ModelConfig, SequenceModel as SequenceModel
+from ._model import SequenceModel as SequenceModel
 from ._nonlinear import (
     AbstractNewtonSolver as AbstractNewtonSolver,
     AbstractNonlinearSolver as AbstractNonlinearSolver,
@@ -58,6 +59,15 @@ from ._norm import (
     BatchNorm as BatchNorm,
     LayerNorm as LayerNorm,
     RMSNorm as RMSNorm,
+)
+from ._optimizer import (
+    make_optimizer as make_optimizer,
+    warmup_cosine_schedule as warmup_cosine_schedule,
+)
+from ._param_groups import (
+    NO_DECAY_TYPES as NO_DECAY_TYPES,
+    param_labels as param_labels,
+    RECURRENT_FIELDS as RECURRENT_FIELDS,
 )
 from ._recurrence import (
     linear_recurrence as linear_recurrence,
@@ -83,27 +93,24 @@ from ._scan import (
 from ._segments import pool_segments as pool_segments, segment_starts as segment_starts
 from ._selective_ssm import SelectiveSSM as SelectiveSSM
 from ._sequence_parallel import SequenceParallelScan as SequenceParallelScan
+from ._sharding import (
+    make_data_mesh as make_data_mesh,
+    replicate as replicate,
+    shard_batch as shard_batch,
+)
 from ._ssm import DiagonalSSM as DiagonalSSM
+from ._steps import (
+    eval_step as eval_step,
+    make_data_parallel_train_step as make_data_parallel_train_step,
+    make_eval_step as make_eval_step,
+    make_train_step as make_train_step,
+    train_step as train_step,
+)
 from ._system import (
     ContinuousDiagonalSystem as ContinuousDiagonalSystem,
     DenseLinearSystem as DenseLinearSystem,
     DiscreteDiagonalSystem as DiscreteDiagonalSystem,
     glorot_dense_system as glorot_dense_system,
-)
-from ._training import (
-    eval_step as eval_step,
-    make_data_mesh as make_data_mesh,
-    make_data_parallel_train_step as make_data_parallel_train_step,
-    make_eval_step as make_eval_step,
-    make_optimizer as make_optimizer,
-    make_train_step as make_train_step,
-    NO_DECAY_TYPES as NO_DECAY_TYPES,
-    param_labels as param_labels,
-    RECURRENT_FIELDS as RECURRENT_FIELDS,
-    replicate as replicate,
-    shard_batch as shard_batch,
-    train_step as train_step,
-    warmup_cosine_schedule as warmup_cosine_schedule,
 )
 
 
