@@ -1,5 +1,8 @@
 """Shared test helpers: the float64 reference, the tolerance helper, strategy lists."""
 
+import itertools
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +23,25 @@ STRATEGIES = [
     recurrax.AutoScan(),
 ]
 STRATEGY_IDS = [repr(s) for s in STRATEGIES]
+
+# Under CI (without RECURRAX_FULL=1) the long parameter grids run in a covering form.
+FULL_GRIDS = bool(os.environ.get("RECURRAX_FULL")) or not os.environ.get("CI")
+
+
+def grid(*axes):
+    """The parameter combinations of a test: every one, or under CI a covering subset in
+    which every value of every axis still appears (the axes cycled together, as many cases
+    as the longest axis). Each combination compiles anew, so this is what bounds CI time."""
+    axes = [list(axis) for axis in axes]
+    if FULL_GRIDS:
+        return list(itertools.product(*axes))
+    return [tuple(axis[i % len(axis)] for axis in axes) for i in range(max(map(len, axes)))]
+
+
+def every_other(values):
+    """`values`, or under CI every other one (the first kept)."""
+    return list(values) if FULL_GRIDS else list(values)[::2]
+
 
 # Small sets so that JAX compiles once per shape, not once per hypothesis example.
 LENGTHS = st.sampled_from([1, 2, 3, 7, 16, 33, 300])

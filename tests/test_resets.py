@@ -12,7 +12,15 @@ from jax.test_util import check_grads
 
 import recurrax
 
-from .helpers import random_system, relative_error, STRATEGIES, STRATEGY_IDS, to_jax
+from .helpers import (
+    every_other,
+    grid,
+    random_system,
+    relative_error,
+    STRATEGIES,
+    STRATEGY_IDS,
+    to_jax,
+)
 
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
@@ -88,7 +96,7 @@ def test_linear_against_float64_loop(
     assert relative_error(out, ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("method", STRATEGIES, ids=STRATEGY_IDS)
+@pytest.mark.parametrize("method", every_other(STRATEGIES), ids=repr)
 @given(
     length=st.sampled_from([1, 7, 33]),
     invariant=st.booleans(),
@@ -129,9 +137,9 @@ def test_log_against_float64_loop(method, length, invariant, reverse, h0, patter
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
 
 
-@pytest.mark.parametrize("method", STRATEGIES[:4], ids=STRATEGY_IDS[:4])
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("invariant", [False, True])
+@pytest.mark.parametrize(
+    "method, reverse, invariant", grid(STRATEGIES[:4], [False, True], [False, True]), ids=repr
+)
 def test_linear_gradients_against_finite_differences(method, reverse, invariant):
     rng = np.random.default_rng(0)
     a, b, h0 = random_system(rng, 9, (2,), complex_=True, invariant=invariant)
@@ -143,8 +151,7 @@ def test_linear_gradients_against_finite_differences(method, reverse, invariant)
     check_grads(f, to_jax(a, b, h0), order=1, modes=("fwd", "rev"))
 
 
-@pytest.mark.parametrize("method", STRATEGIES[:4], ids=STRATEGY_IDS[:4])
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("method, reverse", grid(STRATEGIES[:4], [False, True]), ids=repr)
 def test_log_gradients_against_finite_differences(method, reverse):
     rng = np.random.default_rng(1)
     log_a = jnp.asarray(np.log(rng.uniform(0.2, 0.9, (9, 2))))
@@ -160,8 +167,7 @@ def test_log_gradients_against_finite_differences(method, reverse):
     check_grads(f, (log_a, log_b, log_h0), order=1, modes=("fwd", "rev"))
 
 
-@pytest.mark.parametrize("log_space", [False, True])
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("log_space, reverse", grid([False, True], [False, True]))
 def test_gradients_equal_segments_run_alone(log_space, reverse):
     """The adjoint cuts at the same boundaries: the gradient of a packed loss is that of the
     segments' losses each computed alone (h0 entering every segment)."""
@@ -346,8 +352,7 @@ def _float64(mixer):
     return jax.tree.map(lambda p: p.astype(jnp.float64) if eqx.is_inexact_array(p) else p, mixer)
 
 
-@pytest.mark.parametrize("with_mask", [False, True])
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("name, with_mask", grid(MIXERS, [False, True]))
 def test_layer_equals_segments_alone(name, with_mask):
     mixer = _float64(MIXERS[name](jax.random.key(0)))
     x = _x()
@@ -357,8 +362,7 @@ def test_layer_equals_segments_alone(name, with_mask):
     assert relative_error(y, expected) < 1e-12
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("name", CAUSAL)
+@pytest.mark.parametrize("name, reverse", grid(CAUSAL, [False, True]))
 def test_scan_with_resets_equals_stepping_with_restarts(name, reverse):
     """scan from a carried state with resets = a loop of steps whose state is replaced by
     init_state() at each segment start (reverse: at each segment's last step)."""
@@ -399,8 +403,7 @@ def test_layer_gradients_equal_segments_alone(name):
     )
 
 
-@pytest.mark.parametrize("kernel", [1, 3])
-@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("kernel, with_mask", grid([1, 3], [False, True]))
 def test_causal_conv_restarts_its_history(kernel, with_mask):
     conv = _float64(recurrax.CausalDepthwiseConv(D, kernel, key=jax.random.key(0)))
     x = _x()
@@ -427,8 +430,9 @@ def _block(kind, key):
     )
 
 
-@pytest.mark.parametrize("with_mask", [False, True])
-@pytest.mark.parametrize("kind", ["glu", "glu-bidirectional", "mlp"])
+@pytest.mark.parametrize(
+    "kind, with_mask", grid(["glu", "glu-bidirectional", "mlp"], [False, True])
+)
 def test_blocks_equal_segments_alone(kind, with_mask):
     block = _float64(_block(kind, jax.random.key(0)))
     x = _x()

@@ -58,7 +58,7 @@ def test_errors():
     model, _ = config.build(key=jax.random.key(0), method=method)
     assert all(block.mixer.method == method for block in model.blocks)
     gru = recurrax.ModelConfig(mixer="gru", d_model=4, depth=1, input_size=2, output_size=1)
-    with pytest.raises(ValueError, match="'gru' mixer is a nonlinear recurrence"):
+    with pytest.raises(ValueError, match="'gru' mixer takes no scan strategy"):
         gru.build(key=jax.random.key(0), method=method)
     # Usable wherever a strategy is: a layer keeps it as its `method`.
     lru = recurrax.LRU(2, 4, method=method, key=jax.random.key(0))
