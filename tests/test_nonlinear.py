@@ -273,3 +273,44 @@ def test_empty_sequence():
         lambda h, x_t: h + x_t, jnp.zeros((0, 2)), jnp.zeros(2), solver=recurrax.QuasiDEER()
     )
     assert states.shape == (0, 2) and int(stats["iterations"]) == 0
+
+
+@pytest.mark.parametrize(
+    "cls,solver,reverse,masked",
+    [
+        (recurrax.GRU, recurrax.QuasiDEER(), False, True),
+        (recurrax.GRU, recurrax.DEER(), True, False),
+        (recurrax.LSTM, recurrax.DampedQuasiDEER(), True, True),
+        (recurrax.LSTM, recurrax.QuasiDEER(), False, False),
+    ],
+    ids=["GRU-QuasiDEER", "GRU-DEER-reverse", "LSTM-Damped-reverse", "LSTM-QuasiDEER"],
+)
+def test_parallel_solvers_restart_at_segment_starts(cls, solver, reverse, masked, getkey):
+    """Packed rows: a parallel solver with `resets` gives the sequential loop's states and
+    gradients (each segment from `init_state()`; in reverse from each segment's end), and each
+    segment's outputs equal the segment run alone."""
+    key = getkey()
+    reference = cls(3, 4, dtype=F64, key=key)
+    layer = cls(3, 4, solver=solver, dtype=F64, key=key)
+    x = jax.random.normal(getkey(), (13, 3), F64)
+    resets = jnp.zeros(13, bool).at[jnp.array([0, 4, 5, 9])].set(True)
+    mask = (jnp.arange(13) != 7) if masked else None
+    state = jax.tree.map(lambda s: 0.3 * jnp.ones_like(s), reference.init_state())
+
+    def run(model):
+        return model.scan(state, x, reverse=reverse, mask=mask, resets=resets)
+
+    for got, want in zip(jax.tree.leaves(run(layer)), jax.tree.leaves(run(reference))):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    if not masked and not reverse:
+        y = layer(x, resets=resets)
+        for start, stop in ((0, 4), (4, 5), (5, 9), (9, 13)):
+            np.testing.assert_allclose(y[start:stop], reference(x[start:stop]), atol=1e-9)
+
+    def loss(model):
+        last, y = run(model)
+        return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(jax.tree.leaves(last)[0]))
+
+    expected, got = eqx.filter_grad(loss)(reference), eqx.filter_grad(loss)(layer)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(g, e, rtol=1e-8, atol=1e-8)

@@ -19,16 +19,6 @@ from ._registry import register_mixer
 from ._validate import check_array, check_bool, check_real_floating, check_state
 
 
-def _no_parallel_resets(owner: str, resets) -> None:
-    """Segment resets are evaluated by the sequential solver only (a Newton solve over a
-    packed row would need the restart inside the fixed-point map)."""
-    if resets is not None:
-        raise ValueError(
-            f"{owner}: `resets` needs the sequential solver (recurrax.Sequential()); the "
-            f"parallel solvers do not restart at segment starts."
-        )
-
-
 def _check_sizes(owner, input_size, hidden_size):
     check_positive_int(owner, "input_size", input_size)
     check_positive_int(owner, "hidden_size", hidden_size)
@@ -77,36 +67,49 @@ def _check_solver(owner, solver):
     return solver
 
 
-def _run_solver(owner, solver, cell, diagonal, weight_hh, state, x, gi, reverse, mask, output):
+def _run_solver(
+    owner, solver, cell, diagonal, weight_hh, state, x, gi, reverse, mask, output, resets=None,
+    initial=None,
+):
     """`_run` by a parallel nonlinear solver: the state is one vector (GRU: h; LSTM: h and c
     concatenated); masked steps keep the state, with a diagonal of ones; `reverse` flips
-    time. Returns `(final state, outputs, stats)`."""
+    time. At a segment cut (`resets`) the step is taken from `initial` instead of the carried
+    state, so its Jacobian with respect to that state is zero: the Newton iterations, and the
+    adjoint of the gradients, cut there as the sequential loop does. Returns
+    `(final state, outputs, stats)`."""
     check_mask(owner, mask, x.shape[0])
+    check_resets(owner, resets, x.shape[0])
     gi = as_working(gi)
     w_hh = as_working(weight_hh)
+    length = x.shape[0]
+    valid = jnp.ones((length,), jnp.bool_) if mask is None else mask
+    cuts = jnp.zeros((length,), jnp.bool_) if resets is None else segment_cuts(resets, reverse)
     if reverse:
-        gi = gi[::-1]
-        mask = None if mask is None else mask[::-1]
-    if mask is None:
+        gi, valid, cuts = gi[::-1], valid[::-1], cuts[::-1]
+    if mask is None and resets is None:
         f = lambda h, gi_t: cell(w_hh, h, gi_t)  # noqa: E731
         diag = lambda h, gi_t: diagonal(w_hh, h, gi_t)  # noqa: E731
         inputs = gi
     else:
+        restart = jnp.zeros_like(state) if initial is None else initial
 
         def f(h, inputs):
-            gi_t, m_t = inputs
+            gi_t, m_t, cut_t = inputs
+            h = jnp.where(cut_t, restart, h)
             return jnp.where(m_t, cell(w_hh, h, gi_t), h)
 
         def diag(h, inputs):
-            gi_t, m_t = inputs
-            return jnp.where(m_t, diagonal(w_hh, h, gi_t), jnp.ones((), h.dtype))
+            gi_t, m_t, cut_t = inputs
+            h = jnp.where(cut_t, restart, h)
+            d = jnp.where(m_t, diagonal(w_hh, h, gi_t), jnp.ones((), h.dtype))
+            return jnp.where(cut_t, jnp.zeros((), h.dtype), d)
 
-        inputs = (gi, mask)
+        inputs = (gi, valid, cuts)
     states, stats = nonlinear_recurrence(f, inputs, state, solver=solver, diagonal=diag)
     last = states[-1] if states.shape[0] else state
     y = jax.vmap(output)(states)
     if mask is not None:
-        y = jnp.where(mask[:, None], y, jnp.zeros((), y.dtype))
+        y = jnp.where(valid[:, None], y, jnp.zeros((), y.dtype))
     y = y.astype(x.dtype)
     return last, (y[::-1] if reverse else y), stats
 
@@ -251,12 +254,14 @@ class GRU(AbstractMixer):
                 "GRU", self._cell, self.weight_hh, h, x, gi, reverse, mask, lambda h: h, resets,
                 initial,
             )
-        _no_parallel_resets("GRU", resets)
-        return self._solve(h, x, gi, reverse, mask)[:2]
+        return self._solve(h, x, gi, reverse, mask, resets)[:2]
 
-    def _solve(self, h, x, gi, reverse, mask):
+    def _solve(self, h, x, gi, reverse, mask, resets=None):
         args = (self.weight_hh, h, x, gi, reverse, mask, lambda h: h)
-        return _run_solver("GRU", self.solver, self._cell, self._diagonal, *args)
+        initial = None if resets is None else as_working(self.init_state())
+        return _run_solver(
+            "GRU", self.solver, self._cell, self._diagonal, *args, resets=resets, initial=initial
+        )
 
     def _diagonal(self, w_hh, h, gi):
         r"""The diagonal of $\partial h' / \partial h$ in closed form:
@@ -396,11 +401,10 @@ class LSTM(AbstractMixer):
                 "LSTM", self._cell, self.weight_hh, state, x, gi, reverse, mask, lambda s: s[0],
                 resets, initial,
             )
-        _no_parallel_resets("LSTM", resets)
-        last, y, _ = self._solve(state, x, gi, reverse, mask)
+        last, y, _ = self._solve(state, x, gi, reverse, mask, resets)
         return (last[: self.hidden_size], last[self.hidden_size :]), y
 
-    def _solve(self, state, x, gi, reverse, mask):
+    def _solve(self, state, x, gi, reverse, mask, resets=None):
         """The parallel solve on the packed state `concatenate([h, c])`."""
 
         def cell(w_hh, z, gi_t):
@@ -412,7 +416,10 @@ class LSTM(AbstractMixer):
 
         z = jnp.concatenate(state)
         args = (self.weight_hh, z, x, gi, reverse, mask, output)
-        return _run_solver("LSTM", self.solver, cell, self._diagonal, *args)
+        initial = None if resets is None else as_working(jnp.concatenate(self.init_state()))
+        return _run_solver(
+            "LSTM", self.solver, cell, self._diagonal, *args, resets=resets, initial=initial
+        )
 
     def _diagonal(self, w_hh, z, gi):
         r"""The diagonal of the Jacobian of $(h', c')$ with respect to $(h, c)$ in closed form:
