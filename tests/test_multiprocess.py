@@ -138,7 +138,7 @@ def _run(processes: int, out: pathlib.Path) -> list[dict]:
     return results
 
 
-@pytest.mark.parametrize("processes", [2])
+@pytest.mark.parametrize("processes", [2, 4])
 def test_data_parallel_over_processes_matches_one_process(tmp_path, processes):
     (single,) = _run(1, tmp_path / "single")
     workers = _run(processes, tmp_path / "multi")
