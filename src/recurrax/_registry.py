@@ -49,6 +49,18 @@ class MixerSpec:
     - `choices`: options given by name in a JSON configuration, `{option: {name:
         constructor}}`; the value `"name"` becomes `constructor()` and `{"name": "name",
         **kwargs}` becomes `constructor(**kwargs)`.
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        spec = recurrax.mixer_spec("ssm")
+        assert spec.layer is recurrax.DiagonalSSM and spec.block == "glu"
+        assert "r_min" not in spec.option_names() and "init" in spec.option_names()
+        options = spec.resolve_options({"init": "s4d-lin", "discretisation": "bilinear"})
+        assert isinstance(options["discretisation"], recurrax.Bilinear)
+        ```
     """
 
     name: str
