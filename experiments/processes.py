@@ -40,18 +40,23 @@ def add_options(run) -> None:
         "several processes (data parallel; the batch is split over the processes)"
     )
     group.add_argument(
-        "--processes", type=int, default=1, metavar="N",
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
         help="train data-parallel over N processes on this machine, one CPU device each "
         "(default 1: this process alone); --batch-size must be divisible by N",
     )
     group.add_argument(
-        "--distributed", action="store_true",
+        "--distributed",
+        action="store_true",
         help="one process of a job that a cluster launcher started (srun, mpirun): "
         "jax.distributed reads the coordinator, the process count and this process's id from "
         "the launcher's environment",
     )
     group.add_argument(
-        "--coordinator", metavar="HOST:PORT",
+        "--coordinator",
+        metavar="HOST:PORT",
         help="join the processes of a run through this coordinator (process 0's address and a "
         "free port), with --num-processes and --process-id",
     )
@@ -86,20 +91,15 @@ def check(args, batch_size: int) -> None:
         host, _, port = args.coordinator.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(
-                f"--coordinator must be HOST:PORT (e.g. 10.0.0.1:12355), got "
-                f"{args.coordinator!r}."
+                f"--coordinator must be HOST:PORT (e.g. 10.0.0.1:12355), got {args.coordinator!r}."
             )
     if args.num_processes is not None and args.num_processes < 1:
-        raise ValueError(
-            f"--num-processes must be a positive integer, got {args.num_processes}."
-        )
+        raise ValueError(f"--num-processes must be a positive integer, got {args.num_processes}.")
     if args.process_id is not None:
         count = args.num_processes
         if args.process_id < 0 or (count is not None and args.process_id >= count):
             bound = f" below --num-processes {count}" if count is not None else ""
-            raise ValueError(
-                f"--process-id must be an integer >= 0{bound}, got {args.process_id}."
-            )
+            raise ValueError(f"--process-id must be an integer >= 0{bound}, got {args.process_id}.")
     count = args.processes if args.processes > 1 else args.num_processes
     if count is not None and batch_size % count:
         option = "--processes" if args.processes > 1 else "--num-processes"
@@ -156,7 +156,8 @@ def _environment() -> dict:
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
     flags = [
-        f for f in env.get("XLA_FLAGS", "").split()
+        f
+        for f in env.get("XLA_FLAGS", "").split()
         if not f.startswith("--xla_force_host_platform_device_count")
     ]
     env["XLA_FLAGS"] = " ".join(flags)

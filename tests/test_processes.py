@@ -56,7 +56,11 @@ def _environment() -> dict:
 
 def _python(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=_environment(), capture_output=True, text=True,
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=_environment(),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -98,8 +102,12 @@ def runs(tmp_path_factory):
         "-m", "experiments", *TINY, *MORE, "--out", str(multi_more), "--processes", "2"
     )
     return dict(
-        single=single, single_more=single_more, multi=multi, multi_more=multi_more,
-        first=first, resumed=resumed,
+        single=single,
+        single_more=single_more,
+        multi=multi,
+        multi_more=multi_more,
+        first=first,
+        resumed=resumed,
     )
 
 
@@ -154,8 +162,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("options, words", BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_bad_launch_options_are_refused_before_any_work(options, words, tmp_path, capsys,
-                                                       monkeypatch):
+def test_bad_launch_options_are_refused_before_any_work(
+    options, words, tmp_path, capsys, monkeypatch
+):
     def forbidden(*args, **kwargs):
         raise AssertionError("processes were started or joined before the options were checked")
 
@@ -170,8 +179,7 @@ def test_bad_launch_options_are_refused_before_any_work(options, words, tmp_path
     assert not out.exists()
 
 
-def test_a_folder_holding_a_run_is_refused_before_starting_processes(tmp_path, capsys,
-                                                                     monkeypatch):
+def test_a_folder_holding_a_run_is_refused_before_starting_processes(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(processes, "launch", lambda *a, **k: pytest.fail("processes started"))
     (tmp_path / "metrics.jsonl").write_text("")
     assert main([*TINY, "--processes", "2", "--out", str(tmp_path)]) == 2
@@ -204,8 +212,19 @@ def test_a_failing_process_stops_the_others(capfd):
 def test_the_launched_command_is_the_given_one_with_the_launch_options():
     argv = [*TINY, "--processes", "2"]
     args = cli.parser().parse_args(
-        [*argv, processes.SPAWNED, "1", "--processes", "1", "--coordinator", "127.0.0.1:5",
-         "--num-processes", "2", "--process-id", "1"]
+        [
+            *argv,
+            processes.SPAWNED,
+            "1",
+            "--processes",
+            "1",
+            "--coordinator",
+            "127.0.0.1:5",
+            "--num-processes",
+            "2",
+            "--process-id",
+            "1",
+        ]
     )
     assert (args.processes, args.num_processes, args.process_id) == (1, 2, 1)
     assert processes.joins(args) and args.spawned_by == 1
