@@ -15,6 +15,7 @@ trains on the global arrays (`recurrax.shard_batch`, `recurrax.replicate`,
 """
 
 import argparse
+import importlib.util
 import os
 import signal
 import socket
@@ -23,8 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-
-import jax
 
 
 # Seconds that `jax.distributed.initialize` waits for every process to join (a launcher
@@ -114,6 +113,8 @@ def join(args) -> None:
     started by `launch` also stops when its launcher is gone.
 
     **Raises:** `RuntimeError` when the processes cannot join."""
+    import jax
+
     if getattr(args, "spawned_by", None) is not None:
         _watch_parent(args.spawned_by)
     # CPU devices exchange data through gloo (without it, CPU collectives across processes
@@ -127,7 +128,13 @@ def join(args) -> None:
             initialization_timeout=INITIALIZATION_TIMEOUT,
         )
     except Exception as error:  # JAX raises several kinds (ValueError, RuntimeError, ...)
-        raise RuntimeError(f"jax.distributed could not join the processes: {error}") from None
+        hint = (
+            " (--distributed reads a cluster launcher's environment, SLURM's or Open MPI's; "
+            "elsewhere give --coordinator, --num-processes and --process-id)"
+            if args.distributed
+            else ""
+        )
+        raise RuntimeError(f"jax.distributed could not join the processes: {error}{hint}") from None
 
 
 def _watch_parent(parent: int) -> None:
@@ -150,9 +157,6 @@ def _free_port() -> int:
 def _environment() -> dict:
     """The children's environment: CPU only, one device each (no simulated devices), and
     this process's `recurrax` and `experiments` first on the path."""
-    import experiments
-    import recurrax
-
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
     flags = [
@@ -161,9 +165,9 @@ def _environment() -> dict:
         if not f.startswith("--xla_force_host_platform_device_count")
     ]
     env["XLA_FLAGS"] = " ".join(flags)
-    paths = [
-        os.path.dirname(os.path.dirname(os.path.abspath(m.__file__)))
-        for m in (experiments, recurrax)
+    paths = [  # the folders holding the packages (found without importing them)
+        os.path.dirname(os.path.dirname(importlib.util.find_spec(name).origin))
+        for name in ("experiments", "recurrax")
     ]
     env["PYTHONPATH"] = os.pathsep.join(
         dict.fromkeys([*paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])

@@ -24,14 +24,15 @@ from experiments.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# A tiny run with dropout (the per-example keys of the global batch) and an evaluation set
-# of 15 examples (14 split over the processes, 1 evaluated by each process on its own).
+# A tiny run with dropout (the per-example keys of the global batch to split), resumed with
+# more steps and an evaluation set of 15 examples (14 split over the processes, 1 evaluated
+# by each process on its own).
 TINY = [
     "run", "parity", "--model", "mingru", "--depth", "1", "--d-model", "8",
     "--model-set", "dropout=0.1", "--task-set", "max_length=16", "--batch-size", "8",
-    "--steps", "4", "--eval-every", "2", "--eval-size", "15", "--checkpoint-every", "2",
+    "--steps", "4", "--eval-every", "2", "--eval-size", "16", "--checkpoint-every", "2",
 ]  # fmt: skip
-MORE = ["--resume", "--steps", "6"]
+MORE = ["--resume", "--steps", "6", "--eval-size", "15"]
 COMPARED = ("loss", "grad_norm", "accuracy", "test_loss", "test_accuracy")
 
 # One process: the run, then (in the same interpreter) a copy of it resumed with more steps.
@@ -54,17 +55,27 @@ def _environment() -> dict:
     return env
 
 
-def _python(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,
         env=_environment(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
+
+
+def _finish(process: subprocess.Popen) -> str:
+    """The standard output of a process that must succeed within 300 s."""
+    try:
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:  # a hung run must not outlive the test
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, out[-2000:] + err[-4000:]
+    return out
 
 
 def _records(out: pathlib.Path) -> list[dict]:
@@ -91,16 +102,22 @@ def _assert_same_metrics(multi: pathlib.Path, single: pathlib.Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One-process and two-process runs of `TINY`, each also resumed to 6 steps."""
+    """One-process and two-process runs of `TINY`, each also resumed with `MORE` (the
+    one-process runs alongside the two-process ones: the machine's cores are shared)."""
     folder = tmp_path_factory.mktemp("processes")
     single, single_more = folder / "single", folder / "single-more"
-    _python("-c", REFERENCE, str(single), str(single_more), json.dumps(TINY), json.dumps(MORE))
     multi, multi_more = folder / "multi", folder / "multi-more"
-    first = _python("-m", "experiments", *TINY, "--out", str(multi), "--processes", "2")
-    shutil.copytree(multi, multi_more)
-    resumed = _python(
-        "-m", "experiments", *TINY, *MORE, "--out", str(multi_more), "--processes", "2"
+    reference = _start(
+        "-c", REFERENCE, str(single), str(single_more), json.dumps(TINY), json.dumps(MORE)
     )
+    try:
+        first = _finish(_start("-m", "experiments", *TINY, "--out", str(multi), "--processes", "2"))
+        shutil.copytree(multi, multi_more)
+        resumed = _finish(
+            _start("-m", "experiments", *TINY, *MORE, "--out", str(multi_more), "--processes", "2")
+        )
+    finally:
+        _finish(reference)
     return dict(
         single=single,
         single_more=single_more,
@@ -113,7 +130,7 @@ def runs(tmp_path_factory):
 
 def test_two_processes_end_with_the_metrics_of_one(runs):
     _assert_same_metrics(runs["multi"], runs["single"])
-    out = runs["first"].stdout
+    out = runs["first"]
     assert "over 2 processes" in out and "final: {" in out
     # Process 0 alone reports: one header, one final line.
     assert out.count("final: {") == 1 and out.count("steps of batch 8") == 1
@@ -131,9 +148,10 @@ def test_two_process_run_resumes_with_more_steps(runs):
     after = (runs["multi_more"] / "metrics.jsonl").read_text().splitlines()
     assert after[: len(before)] == before  # steps 1-4 kept as written
     event = json.loads(after[len(before)])
-    assert event["event"] == "resume" and event["changed"] == {"steps": [4, 6]}
+    assert event["event"] == "resume"
+    assert event["changed"] == {"steps": [4, 6], "eval_size": [16, 15]}
     assert [r["step"] for r in _records(runs["multi_more"])] == [1, 2, 3, 4, 5, 6]
-    assert "resumed from step 4" in runs["resumed"].stdout
+    assert "resumed from step 4" in runs["resumed"]
     assert json.loads((runs["multi_more"] / "run.json").read_text())["steps"] == 6
     # Steps 5 and 6 and the final metrics are those of one process resuming the same run.
     _assert_same_metrics(runs["multi_more"], runs["single_more"])
@@ -229,3 +247,72 @@ def test_the_launched_command_is_the_given_one_with_the_launch_options():
     assert (args.processes, args.num_processes, args.process_id) == (1, 2, 1)
     assert processes.joins(args) and args.spawned_by == 1
     assert processes.strip_launch([*argv, processes.SPAWNED, "1", "--processes", "1"]) == argv
+
+
+def test_the_checkpoint_of_two_processes_is_that_of_one(runs):
+    """What process 0 saved is an ordinary checkpoint (one process can resume it) holding the
+    parameters one process trains."""
+    import equinox as eqx
+    import jax
+    import numpy as np
+
+    config = train.RunConfig.from_dict(json.loads((runs["multi"] / "run.json").read_text()))
+    multi, _ = train.trained_model(config, runs["multi"])
+    single, _ = train.trained_model(config, runs["single"])
+    leaves = [jax.tree.leaves(eqx.filter(m, eqx.is_inexact_array)) for m in (multi, single)]
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+# A stand-in for the launched processes: each writes its process id, watches its launcher
+# as `processes.join` does, and waits.
+WAITING = """
+import os, pathlib, sys, time
+from experiments import processes
+folder = pathlib.Path(os.environ["WAITING_FOLDER"])
+processes._watch_parent(int(sys.argv[sys.argv.index(processes.SPAWNED) + 1]))
+(folder / str(os.getpid())).write_text("")
+time.sleep(600)
+"""
+
+LAUNCHER = """
+import sys
+from experiments import processes
+processes.launch(["run"], 2, program=[sys.executable, "-c", sys.argv[1]])
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited (nobody collected it yet)
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_the_processes_do_not_outlive_the_command(how, tmp_path):
+    """Terminated, the command stops its processes; killed outright, its processes notice
+    (within a second or so) and exit."""
+    import signal
+
+    env = dict(_environment(), WAITING_FOLDER=str(tmp_path))
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, WAITING], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.iterdir())) < 2:
+            assert time.monotonic() < deadline and launcher.poll() is None
+            time.sleep(0.1)
+        children = [int(p.name) for p in tmp_path.iterdir()]
+        assert all(_alive(pid) for pid in children)
+        launcher.send_signal(getattr(signal, how))
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in children)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
