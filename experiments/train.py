@@ -655,7 +655,7 @@ def check_devices(config: RunConfig) -> None:
     devices, processes = jax.device_count(), jax.process_count()
     if processes > 1 and config.batch_size % devices:
         where = (
-            f"the number of processes (--processes {processes})"
+            f"the number of processes ({processes})"
             if devices == processes
             else f"the number of devices of the {processes} processes ({devices})"
         )
