@@ -8,9 +8,11 @@ import json
 import pathlib
 import sys
 
+import jax
+
 import recurrax
 
-from . import extrapolate, presets, report as reporting, train, variants
+from . import extrapolate, presets, processes as processes_, report as reporting, train, variants
 from .campaigns import CAMPAIGNS, EXTRAPOLATIONS
 from .tasks import make_task, TASKS
 
@@ -143,10 +145,14 @@ def is_done(config: train.RunConfig, out: pathlib.Path) -> bool:
 
 def run(args, argv, *, skip_done: bool = False) -> int:
     """`python -m experiments run`: every option is checked (exit 2, one line naming it)
-    before any training and before anything is written."""
+    before any training and before anything is written. With `--processes N` (N > 1) the
+    checked command runs as N processes (`experiments.processes`); with `--distributed` or
+    `--coordinator`, this process is one of several: all train, process 0 writes and
+    prints."""
     resume, overwrite = args.resume, getattr(args, "overwrite", False)
     try:
         config, out = configure(args)
+        processes_.check(args, config.batch_size)
         if resume and overwrite:
             raise ValueError("--resume and --overwrite contradict each other; give one of them.")
         train.check_out(out, "--out" if args.out else "the run folder")
@@ -164,16 +170,30 @@ def run(args, argv, *, skip_done: bool = False) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.processes > 1:
+        return processes_.launch(argv, args.processes)
+    leader = True
+    if processes_.joins(args):
+        try:
+            processes_.join(args)
+        except RuntimeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        leader = jax.process_index() == 0
+    say = print if leader else (lambda *_, **__: None)
     try:
         task, _, model_before, _ = train.build(config)
     except ValueError as error:  # e.g. --init-from a run of another model
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(
+    count = jax.process_count() if processes_.joins(args) else 1
+    say(
         f"{config.task} ({task.kind}), model {config.model}"
         + (f" [{config.variant}]" if config.variant else "")
         + f", depth {config.model_config['depth']}, d_model {config.model_config['d_model']}, "
-        f"{config.steps} steps of batch {config.batch_size}; run folder {out}"
+        f"{config.steps} steps of batch {config.batch_size}"
+        + (f" over {count} processes" if count > 1 else "")
+        + f"; run folder {out}"
     )
     try:
         final = train.train(config, out, resume=resume, overwrite=overwrite)
@@ -185,13 +205,16 @@ def run(args, argv, *, skip_done: bool = False) -> int:
         return 2
     final = {k: v for k, v in final.items() if k.startswith("test_") or k == "loss"}
     model_after = train.trained_model(config, out)
-    for length in args.eval_length:
+    for length in args.eval_length:  # every process: the evaluation is split over them
         model, state = model_after
         loss_fn = train.make_loss(task.kind)
         extra = train.evaluate(model, state, task, config, loss_fn, length=length)
         final.update({f"test_{k}@{length}": v for k, v in extra.items()})
+    if not leader:
+        return 0
     path = reporting.write_run_report(
-        out, config, task, model_before, model_after[0], final, command=argv
+        out, config, task, model_before, model_after[0], final,
+        command=processes_.strip_launch(argv),
     )
     shown = {k: round(v, 4) for k, v in final.items() if k.startswith("test_")}
     print(f"final: {shown}")
@@ -293,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
         help="delete the run already in the folder and start again (without it, a folder "
         "holding a run is refused unless --resume is given)",
     )
+    processes_.add_options(run)
     campaign = commands.add_parser("campaign", help="run a named set of runs (see campaigns.py)")
     campaign.add_argument("name", help="a campaign name, or 'all'")
     campaign.add_argument(
@@ -388,6 +412,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     if args.command == "extrapolate":
         return extrapolate.run(args, argv)

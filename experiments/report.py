@@ -64,7 +64,8 @@ def environment(command: list[str] | None = None) -> dict:
         "jax": jax.__version__,
         "equinox": eqx.__version__,
         "recurrax": recurrax.__version__,
-        "device": Machine.here().line(),
+        "device": Machine.here().line()
+        + (f"; {jax.process_count()} processes" if jax.process_count() > 1 else ""),
         "git_commit": commit,
         # Quoted as a shell needs it, so that the command can be pasted back as it is.
         "command": "python -m experiments " + shlex.join(command if command else sys.argv[1:]),

@@ -25,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 import recurrax
 
@@ -217,6 +218,23 @@ def run_options(args) -> tuple[dict, dict]:
     )
 
 
+def _silent(*args, **kwargs) -> None:
+    """The log of the processes other than process 0 (they train, process 0 reports)."""
+
+
+class _Discard:
+    """The metrics file and progress stream of the processes other than process 0."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class NonFiniteLoss(RuntimeError):
     """Training diverged: the loss or the gradient norm became NaN or infinite, or the
     parameters, optimiser state or model state to be saved are not finite."""
@@ -381,15 +399,18 @@ def _summary(metrics: dict) -> str:
 def evaluate(model, state, task, config: RunConfig, loss_fn, *, length=None, step=None) -> dict:
     """Metrics on the fixed held-out test set (inference mode), averaged over batches.
 
-    `step`: the compiled evaluation step, `recurrax.make_eval_step(loss_fn)`; a run builds it
-    once and passes it to every evaluation (built here when not given)."""
+    `step`: the compiled evaluation step (`_eval_step(loss_fn)`); a run builds it once and
+    passes it to every evaluation (built here when not given). On several processes every
+    process calls this alike; each evaluates its share of every chunk."""
     size = min(config.eval_size, getattr(task, "test_size", config.eval_size))  # bundled data
     test = task.test_set(config.seed, size, length=length)
     arrays = _batch_arrays(test)
-    step = recurrax.make_eval_step(loss_fn) if step is None else step
+    step = _eval_step(loss_fn) if step is None else step
     totals: dict[str, float] = {}
     size = arrays[0].shape[0]
     chunk = min(size, max(config.batch_size, 64))
+    devices = jax.device_count() if jax.process_count() > 1 else 1
+    chunk = max(chunk - chunk % devices, min(size, devices))  # whole shares, but the last
     for start in range(0, size, chunk):
         part = tuple(a[start : start + chunk] for a in arrays)
         metrics = step(model, state, part)
@@ -546,20 +567,102 @@ _COMPILED: dict[str, tuple] = {}
 def _compiled_steps(config: RunConfig, kind: str, optimizer, loss_fn, train_loss=None) -> tuple:
     """The compiled training and evaluation steps of a run, built once per run (and shared
     by the runs of one process with the same model, task and optimisation, e.g. a run and
-    its resumption): `(recurrax.make_train_step(optimizer, train_loss),
-    recurrax.make_eval_step(loss_fn))`; `train_loss` defaults to `loss_fn` (packed runs
-    train on another loss and evaluate padded)."""
+    its resumption): `(step(model, state, opt_state, batch, key), _eval_step(loss_fn))`,
+    both taking the global batch; `train_loss` defaults to `loss_fn` (packed runs train on
+    another loss and evaluate padded). On several processes (`jax.distributed`) they are
+    data parallel over every device of every process (`_data_parallel_steps`)."""
     bookkeeping = ("eval_every", "eval_size", "checkpoint_every", "init_from")
     settings = {k: v for k, v in config.to_dict().items() if k not in bookkeeping}
-    name = json.dumps([kind, settings], sort_keys=True)
+    name = json.dumps([kind, settings, jax.process_count(), jax.device_count()], sort_keys=True)
     if name not in _COMPILED:
         if len(_COMPILED) >= 4:  # a few runs' compiled programs at most
             _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[name] = (
-            recurrax.make_train_step(optimizer, loss_fn if train_loss is None else train_loss),
-            recurrax.make_eval_step(loss_fn),
-        )
+        train_loss = loss_fn if train_loss is None else train_loss
+        if jax.process_count() > 1:
+            _COMPILED[name] = _data_parallel_steps(optimizer, train_loss, loss_fn)
+        else:
+            _COMPILED[name] = (
+                recurrax.make_train_step(optimizer, train_loss),
+                recurrax.make_eval_step(loss_fn),
+            )
     return _COMPILED[name]
+
+
+def _eval_step(loss_fn):
+    """`recurrax.make_eval_step(loss_fn)`, data parallel on several processes."""
+    if jax.process_count() > 1:
+        return _data_parallel_steps(None, None, loss_fn)[1]
+    return recurrax.make_eval_step(loss_fn)
+
+
+# -- several processes ---------------------------------------------------------------------
+
+
+def _my_rows(batch, rows: int):
+    """This process's share of the first `rows` rows of a global batch (a tuple of arrays):
+    the shares of the processes, in process order, make up those rows."""
+    share, here = rows // jax.process_count(), jax.process_index()
+    return tuple(np.asarray(a)[:rows][here * share : (here + 1) * share] for a in batch)
+
+
+def _one_copy(tree):
+    """This process's copy of the replicated global arrays of `tree` (others unchanged)."""
+    return jax.tree.map(
+        lambda x: x.addressable_data(0)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable
+        else x,
+        tree,
+    )
+
+
+def _data_parallel_steps(optimizer, train_loss, loss_fn) -> tuple:
+    """The training and evaluation steps of a run on several processes, taking the global
+    batch as every process generates it: each process passes its rows to the data-parallel
+    steps of `recurrax` on a mesh of every device (`make_data_mesh`), which replicate the
+    model and return the single-process result. The evaluation takes chunks of any size:
+    the rows beyond a multiple of the device count are evaluated by every process on its
+    own device."""
+    mesh = recurrax.make_data_mesh()
+    devices = mesh.size
+    on_mesh = recurrax.make_eval_step(loss_fn, mesh)
+    alone = recurrax.make_eval_step(loss_fn)
+    train_step = (
+        None if optimizer is None
+        else recurrax.make_data_parallel_train_step(optimizer, train_loss, mesh)
+    )
+
+    def step(model, state, opt_state, batch, key):
+        return train_step(model, state, opt_state, _my_rows(batch, len(batch[0])), key)
+
+    def evaluate(model, state, batch):
+        rows = len(batch[0])
+        whole = rows - rows % devices
+        parts = []
+        if whole:
+            parts.append((whole, on_mesh(model, state, _my_rows(batch, whole))))
+        if rows > whole:
+            rest = tuple(a[whole:] for a in batch)
+            parts.append((rows - whole, alone(*_one_copy((model, state)), rest)))
+        return {k: sum(float(m[k]) * n for n, m in parts) / rows for k in parts[0][1]}
+
+    return step, evaluate
+
+
+def check_devices(config: RunConfig) -> None:
+    """Refuse a batch that the devices of several processes cannot share equally.
+
+    **Raises:** `ValueError` naming `--batch-size` and the process count."""
+    devices, processes = jax.device_count(), jax.process_count()
+    if processes > 1 and config.batch_size % devices:
+        where = (
+            f"the number of processes ({processes})"
+            if devices == processes
+            else f"the number of devices of the {processes} processes ({devices})"
+        )
+        raise ValueError(
+            f"--batch-size {config.batch_size} must be divisible by {where}: each process "
+            f"trains on an equal share of every batch."
+        )
 
 
 def train(
@@ -583,6 +686,11 @@ def train(
         the optimisation settings (`OPTIMISATION_FIELDS`) may differ from the saved run's.
     - `overwrite`: delete the run already in `out` (its run files only) and start again.
 
+    On several processes (after `jax.distributed.initialize`), every process calls this
+    alike and trains data parallel on its share of every batch (`config.batch_size` must
+    be divisible by the number of devices); every process reads the run folder (and the
+    checkpoint on resume), process 0 alone writes it and logs.
+
     **Raises:**
 
     - `NonFiniteLoss` at the first non-finite loss or gradient norm, or when the state to be
@@ -595,6 +703,10 @@ def train(
     out = pathlib.Path(out)
     config.check()
     check_out(out)
+    check_devices(config)
+    leader = jax.process_index() == 0
+    if not leader:
+        log = _silent
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other; give one of them.")
     found = existing_run(out)
@@ -609,9 +721,7 @@ def train(
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     key = jax.random.fold_in(jax.random.key(config.seed), 2)
     manager = recurrax.CheckpointManager(out / "checkpoints", keep=keep)
-    for name in ("run.json", "metrics.jsonl"):  # what a kill during their rewrite left
-        (out / f".{name}.tmp").unlink(missing_ok=True)
-    start, changes, changed, checkpoint = 0, [], {}, None
+    start, changes, changed, checkpoint, kept = 0, [], {}, None, None
     if resume and manager.all_steps():
         latest = manager.latest()
         if latest is None:
@@ -645,9 +755,7 @@ def train(
         if changed:
             shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
             log(f"--resume: changed from step {start} on: {shown}")
-        _truncate_metrics(out / "metrics.jsonl", start)
-        for stale in ("summary.json", "report.md"):  # rewritten when this run ends
-            (out / stale).unlink(missing_ok=True)
+        kept = _kept_metrics(out / "metrics.jsonl", start)
     else:
         if resume and not found:
             log("--resume: no run in this folder yet, starting from step 0")
@@ -655,28 +763,43 @@ def train(
             log("--resume: no checkpoint yet, starting from step 0")
         if overwrite and found:
             log(f"--overwrite: deleting the run in {out} ({', '.join(found)})")
-            overwrite_run(out)
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json", "report.md"):
+    if jax.process_count() > 1:  # every process has read the folder before process 0 writes
+        multihost_utils.sync_global_devices(f"experiments.train: read {out}")
+    if leader:
+        for name in ("run.json", "metrics.jsonl"):  # what a kill during their rewrite left
+            (out / f".{name}.tmp").unlink(missing_ok=True)
+        if checkpoint is not None:
+            _replace_text(out / "metrics.jsonl", kept)
+        else:
+            if overwrite and found:
+                overwrite_run(out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.jsonl").write_text("")
+        for stale in ("summary.json", "report.md"):  # rewritten when this run ends
             (out / stale).unlink(missing_ok=True)
-        (out / "metrics.jsonl").write_text("")
-    metrics_file = (out / "metrics.jsonl").open("a")
+    # Process 0 writes the metrics; the others' records (the same) are dropped.
+    metrics_file = (out / "metrics.jsonl").open("a") if leader else _Discard()
     if changed:  # an event line: readers of the curves skip records with an "event"
         metrics_file.write(metrics_line({"step": start, "event": "resume", "changed": changed}))
         metrics_file.flush()
-    _write_run_file(out, config, changes)
+    if leader:
+        _write_run_file(out, config, changes)
 
     slots = packing_.slots_per_row(task) if config.packing else 0
+    # Packed rows come in multiples of 4 (few shapes to compile), and of the device count
+    # on several processes (each process takes an equal share of the rows).
+    row_multiple = math.lcm(4, jax.device_count()) if jax.process_count() > 1 else 4
     train_loss = packing_.make_packed_loss(slots) if config.packing else loss_fn
     step_fn, eval_fn = _compiled_steps(config, task.kind, optimizer, loss_fn, train_loss)
-    progress = _Progress(config.steps, progress_stream)
+    progress = _Progress(config.steps, progress_stream if leader else _Discard())
     window_start, window_steps = time.perf_counter(), 0
     last: dict[str, Any] = {}
     try:
         for step in range(start, config.steps):
             batch = task.batch(config.seed, step, config.batch_size)
             if config.packing:  # the same examples in fewer rows; evaluation stays padded
-                batch = packing_.packed_arrays(packing_.pack(batch, slots))
+                packed = packing_.pack(batch, slots, row_multiple=row_multiple)
+                batch = packing_.packed_arrays(packed)
             else:
                 batch = _batch_arrays(batch)
             tokens_per_batch = int(batch[0].shape[0] * batch[0].shape[1])
@@ -803,11 +926,11 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     ]
 
 
-def _truncate_metrics(path: pathlib.Path, step: int) -> None:
-    """Keep the records of steps up to `step` (a killed run may have logged a few steps past
-    its last checkpoint, or an incomplete line)."""
+def _kept_metrics(path: pathlib.Path, step: int) -> str:
+    """The text of `metrics.jsonl` with the records of steps up to `step` only (a killed run
+    may have logged a few steps past its last checkpoint, or an incomplete line)."""
     kept = [line for line, record in _parse_lines(path) if record["step"] <= step]
-    _replace_text(path, "".join(line + "\n" for line in kept))
+    return "".join(line + "\n" for line in kept)
 
 
 def trained_model(config: RunConfig, out: pathlib.Path) -> tuple:
