@@ -38,8 +38,8 @@ BROWSER_PAGES = {
     "": True,
     "quickstart/": False,
     "concepts/diagonal-systems/": True,
-    "engine/": True,
-    "layers/": True,
+    "concepts/engine/": True,
+    "concepts/ssm-to-lru/": True,
     "api/layers/": True,
     "performance/": True,
     "results/speed-minrnn/": False,
@@ -96,8 +96,8 @@ def test_site_builds_strictly(site):
 
 
 def test_maths_is_mathml(site):
-    # The engine's recurrence, written $$h_t = a_t \odot h_{t-1} + b_t, ...$$ in engine.md.
-    engine = _page(site, "engine")
+    # The engine's recurrence, written $$h_t = a_t \odot h_{t-1} + b_t, ...$$ on the concept page.
+    engine = _page(site, "concepts/diagonal-systems")
     formulas = re.findall(r'<math alttext="([^"]*)"[^>]*display="block"', engine)
     assert any(r"h_t = a_t \odot h_{t-1} + b_t" in f for f in formulas), formulas
     # Maths in docstrings is rendered too (the LRU's class docstring).
