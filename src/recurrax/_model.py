@@ -73,6 +73,20 @@ class SequenceModel(eqx.Module):
 
     **Fields:** `encoder`, `blocks` (a tuple of [`recurrax.AbstractBlock`][]), `final_norm`,
     `head` (`eqx.nn.Linear(d_model, output_size)`), `pooling`, `compute_dtype`.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        model, state = recurrax.ModelConfig(
+            mixer="mingru", d_model=8, depth=1, output_size=3, input_size=2, norm="layer"
+        ).build(key=jax.random.key(0))
+        assert isinstance(model, recurrax.SequenceModel)
+        x = jax.random.normal(jax.random.key(1), (20, 2))        # (length, input)
+        logits = model(x)                                        # (3,): mean pooling, then the head
+        ```
     """
 
     encoder: eqx.nn.Embedding | eqx.nn.Linear
@@ -428,6 +442,18 @@ class ModelConfig:
         or `{"name": "deer", "max_steps": 50, ...}` with the solver's arguments).
         Options the mixer does not take are refused.
     - `param_dtype` (`"float32"`, `"bfloat16"`, ...), `compute_dtype` (or `None`).
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        config = recurrax.ModelConfig(mixer="lru", d_model=8, depth=2, state_size=8,
+                                      output_size=5, vocab_size=11)
+        assert recurrax.ModelConfig.from_dict(config.to_dict()) == config   # JSON-able
+        model, state = config.build(key=jax.random.key(0))       # state: BatchNorm's statistics
+        ```
     """
 
     mixer: str = "lru"

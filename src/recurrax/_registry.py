@@ -49,6 +49,16 @@ class MixerSpec:
     - `choices`: options given by name in a JSON configuration, `{option: {name:
         constructor}}`; the value `"name"` becomes `constructor()` and `{"name": "name",
         **kwargs}` becomes `constructor(**kwargs)`.
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        spec = recurrax.registered_mixers()["mingru"]
+        assert isinstance(spec, recurrax.MixerSpec)
+        print(spec.layer.__name__, spec.block)                   # MinGRU mlp
+        ```
     """
 
     name: str
