@@ -11,6 +11,7 @@ import functools
 import http.server
 import importlib.util
 import inspect
+import io
 import json
 import os
 import pathlib
@@ -510,3 +511,67 @@ def test_no_page_mentions_files_outside_the_repository(site):
         if internal.search(path.read_text())
     }
     assert not found, found
+
+
+class _UnderSubPath(http.server.SimpleHTTPRequestHandler):
+    """The site under `/sub/`, and its 404 page, with status 404, for any missing address:
+    how a static host (a GitHub project page) serves it."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        if not self.path.startswith("/sub/"):
+            self.path = "/no-such-file"  # outside the site: the 404 page
+        else:
+            self.path = self.path[len("/sub") :]
+        found = self.translate_path(self.path)
+        if os.path.isdir(found):
+            found = os.path.join(found, "index.html")
+        if os.path.isfile(found):
+            return super().send_head()
+        body = (pathlib.Path(self.directory) / "404.html").read_bytes()
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+_INSPECT_404 = """
+(() => {
+  const sheets = [...document.querySelectorAll("link[rel=stylesheet]")];
+  return {
+    base: document.baseURI,
+    styled: sheets.length > 0 && sheets.every(s => s.sheet && s.sheet.cssRules.length > 0),
+    header: getComputedStyle(document.querySelector(".md-header")).position,
+    home: document.querySelector("a.md-header__button.md-logo").href,
+    script: [...document.scripts].filter(s => s.src).every(s => s.src.includes("/sub/")),
+  };
+})()
+"""
+
+
+def test_404_page_works_under_a_sub_path(browser, site):
+    """Without `site_url`, MkDocs writes the 404 page with root-absolute addresses; the hook
+    docs/_hooks/not_found.py makes it find the site's root wherever it is shown."""
+    html = (site / "404.html").read_text()
+    assert not re.search(r'\b(?:href|src)="/(?!/)', html), "root-absolute address in 404.html"
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_UnderSubPath, directory=str(site))
+    )
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        for missing in ("/sub/no-such-page/", "/sub/a/b/c", "/sub/api/no-such-page/"):
+            errors, result = browser(host + missing, _INSPECT_404)
+            # The page itself is a 404 response, and so is every folder the root-finding
+            # script asks about on the way up: those are expected, anything else is not.
+            errors = [e for e in errors if "404" not in e]
+            assert not errors, (missing, errors)
+            assert result["base"] == host + "/sub/", (missing, result)
+            assert result["styled"] and result["header"] == "sticky", (missing, result)
+            assert result["home"] == host + "/sub/" and result["script"], (missing, result)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
