@@ -457,10 +457,11 @@ _INSPECT_LAYOUT = """
 (() => {
   const article = document.querySelector("article");
   const wide = [];
-  // Tables sit in a scroll wrapper, display maths scrolls itself: either scrolling sideways
-  // means the reader at this width has to scroll to see a column or a term.
+  // Tables sit in a scroll wrapper, display maths and code scroll themselves: any of them
+  // scrolling sideways means the reader at this width has to scroll to see a column, a term
+  // or the end of a line of code.
   const boxes = article.querySelectorAll(
-    ".md-typeset__scrollwrap, math[display='block'], .arithmatex"
+    ".md-typeset__scrollwrap, math[display='block'], .arithmatex, pre > code"
   );
   for (const box of boxes) {
     if (box.closest("details:not([open])") !== null) continue;
@@ -489,7 +490,7 @@ def _every_page(site) -> list[str]:
 
 
 def test_every_page_fits_1280_pixels_and_its_images_load(browser, server, site):
-    """At a 1,280 px wide window no table, display equation or maths block scrolls sideways,
+    """At a 1,280 px wide window no table, display equation, maths or code block scrolls sideways,
     and every image loads and has an alt text."""
     problems = {}
     for page in _every_page(site):
