@@ -11,6 +11,7 @@ import functools
 import http.server
 import importlib.util
 import inspect
+import io
 import json
 import os
 import pathlib
@@ -38,8 +39,8 @@ BROWSER_PAGES = {
     "": True,
     "quickstart/": False,
     "concepts/diagonal-systems/": True,
-    "engine/": True,
-    "layers/": True,
+    "concepts/engine/": True,
+    "concepts/ssm-to-lru/": True,
     "api/layers/": True,
     "performance/": True,
     "results/speed-minrnn/": False,
@@ -96,8 +97,8 @@ def test_site_builds_strictly(site):
 
 
 def test_maths_is_mathml(site):
-    # The engine's recurrence, written $$h_t = a_t \odot h_{t-1} + b_t, ...$$ in engine.md.
-    engine = _page(site, "engine")
+    # The engine's recurrence, written $$h_t = a_t \odot h_{t-1} + b_t, ...$$ on the concept page.
+    engine = _page(site, "concepts/diagonal-systems")
     formulas = re.findall(r'<math alttext="([^"]*)"[^>]*display="block"', engine)
     assert any(r"h_t = a_t \odot h_{t-1} + b_t" in f for f in formulas), formulas
     # Maths in docstrings is rendered too (the LRU's class docstring).
@@ -456,10 +457,11 @@ _INSPECT_LAYOUT = """
 (() => {
   const article = document.querySelector("article");
   const wide = [];
-  // Tables sit in a scroll wrapper, display maths scrolls itself: either scrolling sideways
-  // means the reader at this width has to scroll to see a column or a term.
+  // Tables sit in a scroll wrapper, display maths and code scroll themselves: any of them
+  // scrolling sideways means the reader at this width has to scroll to see a column, a term
+  // or the end of a line of code.
   const boxes = article.querySelectorAll(
-    ".md-typeset__scrollwrap, math[display='block'], .arithmatex"
+    ".md-typeset__scrollwrap, math[display='block'], .arithmatex, pre > code"
   );
   for (const box of boxes) {
     if (box.closest("details:not([open])") !== null) continue;
@@ -488,7 +490,7 @@ def _every_page(site) -> list[str]:
 
 
 def test_every_page_fits_1280_pixels_and_its_images_load(browser, server, site):
-    """At a 1,280 px wide window no table, display equation or maths block scrolls sideways,
+    """At a 1,280 px wide window no table, display equation, maths or code block scrolls sideways,
     and every image loads and has an alt text."""
     problems = {}
     for page in _every_page(site):
@@ -510,3 +512,67 @@ def test_no_page_mentions_files_outside_the_repository(site):
         if internal.search(path.read_text())
     }
     assert not found, found
+
+
+class _UnderSubPath(http.server.SimpleHTTPRequestHandler):
+    """The site under `/sub/`, and its 404 page, with status 404, for any missing address:
+    how a static host (a GitHub project page) serves it."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        if not self.path.startswith("/sub/"):
+            self.path = "/no-such-file"  # outside the site: the 404 page
+        else:
+            self.path = self.path[len("/sub") :]
+        found = self.translate_path(self.path)
+        if os.path.isdir(found):
+            found = os.path.join(found, "index.html")
+        if os.path.isfile(found):
+            return super().send_head()
+        body = (pathlib.Path(self.directory) / "404.html").read_bytes()
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+_INSPECT_404 = """
+(() => {
+  const sheets = [...document.querySelectorAll("link[rel=stylesheet]")];
+  return {
+    base: document.baseURI,
+    styled: sheets.length > 0 && sheets.every(s => s.sheet && s.sheet.cssRules.length > 0),
+    header: getComputedStyle(document.querySelector(".md-header")).position,
+    home: document.querySelector("a.md-header__button.md-logo").href,
+    script: [...document.scripts].filter(s => s.src).every(s => s.src.includes("/sub/")),
+  };
+})()
+"""
+
+
+def test_404_page_works_under_a_sub_path(browser, site):
+    """Without `site_url`, MkDocs writes the 404 page with root-absolute addresses; the hook
+    docs/_hooks/not_found.py makes it find the site's root wherever it is shown."""
+    html = (site / "404.html").read_text()
+    assert not re.search(r'\b(?:href|src)="/(?!/)', html), "root-absolute address in 404.html"
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_UnderSubPath, directory=str(site))
+    )
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        for missing in ("/sub/no-such-page/", "/sub/a/b/c", "/sub/api/no-such-page/"):
+            errors, result = browser(host + missing, _INSPECT_404)
+            # The page itself is a 404 response, and so is every folder the root-finding
+            # script asks about on the way up: those are expected, anything else is not.
+            errors = [e for e in errors if "404" not in e]
+            assert not errors, (missing, errors)
+            assert result["base"] == host + "/sub/", (missing, result)
+            assert result["styled"] and result["header"] == "sticky", (missing, result)
+            assert result["home"] == host + "/sub/" and result["script"], (missing, result)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

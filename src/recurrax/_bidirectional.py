@@ -20,6 +20,18 @@ class Bidirectional(AbstractMixer):
     minLSTM, GRU, LSTM) bidirectional.
 
     **Fields:** `forward`, `backward`: causal mixers with the same input and output sizes.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        forward = recurrax.MinGRU(4, 4, key=jax.random.key(0))
+        backward = recurrax.MinGRU(4, 4, key=jax.random.key(1))
+        mixer = recurrax.Bidirectional(forward, backward)
+        y = mixer(jax.random.normal(jax.random.key(2), (10, 4)))  # (10, 4): sees the whole sequence
+        ```
     """
 
     forward: AbstractMixer

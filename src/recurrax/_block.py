@@ -71,7 +71,22 @@ class AbstractBlock(eqx.Module):
     r"""Abstract base class of a residual block around a mixer (see the module docs for the
     call convention). A subclass provides `init_state` and `forward`, the block's body written
     once for the full call and for streaming; `__call__`, `scan` and `step` check their
-    inputs and call it. A new block is a final subclass with those two methods."""
+    inputs and call it. A new block is a final subclass with those two methods.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        block = recurrax.GLUBlock(recurrax.LRU(4, 8, key=jax.random.key(0)), norm="layer",
+                                  key=jax.random.key(1))
+        assert isinstance(block, recurrax.AbstractBlock)
+        x = jax.random.normal(jax.random.key(2), (10, 4))
+        y, _ = block(x)                                          # (10, 4); `_`: the norm state
+        h, y_stream, _ = block.scan(block.init_state(), x)       # streaming: the same outputs
+        ```
+    """
 
     d_model: eqx.AbstractVar[int]
     mixer: eqx.AbstractVar[AbstractMixer]
@@ -208,6 +223,18 @@ class GLUBlock(AbstractBlock):
     **Fields:** `norm` (or `None`), `mixer` (input and output width `d_model`), `glu_value`
     and `glu_gate` (`eqx.nn.Linear(d_model, d_model)`), `dropout` rate, `prenorm`,
     `inference`.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        block = recurrax.GLUBlock(recurrax.LRU(4, 8, key=jax.random.key(0)), norm="rms",
+                                  dropout=0.1, key=jax.random.key(1))
+        x = jax.random.normal(jax.random.key(2), (10, 4))
+        y, _ = block(x, key=jax.random.key(3))                   # (10, 4); the key drives dropout
+        ```
     """
 
     norm: AbstractNorm | None
@@ -293,6 +320,17 @@ class MixerMLPBlock(AbstractBlock):
 
     **Fields:** `norm`, `conv`, `in_proj`, `mixer`, `out_proj`, `mlp_norm`, `mlp_in`,
     `mlp_out` (each possibly `None`), `dropout`, `prenorm`, `inference`.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        mixer = recurrax.MinGRU(4, 8, key=jax.random.key(0))     # 4 -> 8: only P_out is needed
+        block = recurrax.MixerMLPBlock(4, mixer, key=jax.random.key(1))
+        y, _ = block(jax.random.normal(jax.random.key(2), (10, 4)))   # (10, 4)
+        ```
     """
 
     norm: AbstractNorm | None

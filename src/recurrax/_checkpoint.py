@@ -67,7 +67,27 @@ class CheckpointError(ValueError):
     """A checkpoint file cannot be loaded: it is not a recurrax checkpoint, it is truncated or
     corrupted, it was written in an unsupported format version, or it does not match what the
     caller expects (configuration, skeletons, parts asked for). The message names the file and
-    says what is wrong."""
+    says what is wrong.
+
+    !!! example
+
+        ```python
+        import pathlib
+        import tempfile
+
+        import jax
+        import recurrax
+
+        path = pathlib.Path(tempfile.mkdtemp()) / "not-a-checkpoint.ckpt"
+        path.write_text("hello")
+        refused = False
+        try:
+            recurrax.load_checkpoint(path, model=recurrax.LRU(2, 4, key=jax.random.key(0)))
+        except recurrax.CheckpointError:                       # the message names the file
+            refused = True
+        assert refused
+        ```
+    """
 
 
 class _UnreadableCheckpoint(CheckpointError):
@@ -90,6 +110,24 @@ class Checkpoint:
         `None`.
     - `metadata`: the metadata saved (as JSON gives it back), or `None`.
     - `path`: the file loaded.
+
+    !!! example
+
+        ```python
+        import pathlib
+        import tempfile
+
+        import jax
+        import recurrax
+
+        model = recurrax.LRU(2, 4, key=jax.random.key(0))
+        path = pathlib.Path(tempfile.mkdtemp()) / "step-10.ckpt"
+        recurrax.save_checkpoint(path, model=model, step=10, config={"state_size": 4})
+
+        restored = recurrax.load_checkpoint(path, model=model)
+        assert isinstance(restored, recurrax.Checkpoint)
+        print(restored.step, restored.config, restored.opt_state)   # 10 {'state_size': 4} None
+        ```
     """
 
     model: PyTree
@@ -150,6 +188,22 @@ def save_checkpoint(
     - `FileNotFoundError` if the directory of `path` does not exist.
     - `OSError` from the file system; the previous file is then left as it was and the
         temporary file is removed.
+
+    !!! example
+
+        ```python
+        import pathlib
+        import tempfile
+
+        import jax
+        import recurrax
+
+        model = recurrax.LRU(2, 4, key=jax.random.key(0))
+        path = pathlib.Path(tempfile.mkdtemp()) / "step-10.ckpt"
+        recurrax.save_checkpoint(path, model=model, step=10, config={"state_size": 4})
+
+        print(recurrax.read_checkpoint_header(path)["step"])   # 10
+        ```
     """
     path = pathlib.Path(path)
     if model is None:
@@ -369,6 +423,23 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict:
         in an unsupported format version, or is truncated or corrupted (the header is checked
         against its own SHA-256 and the file's size against the payload's length; the
         payload's SHA-256 is only checked by `load_checkpoint`).
+
+    !!! example
+
+        ```python
+        import pathlib
+        import tempfile
+
+        import jax
+        import recurrax
+
+        model = recurrax.LRU(2, 4, key=jax.random.key(0))
+        path = pathlib.Path(tempfile.mkdtemp()) / "step-10.ckpt"
+        recurrax.save_checkpoint(path, model=model, step=10, config={"state_size": 4})
+
+        header = recurrax.read_checkpoint_header(path)         # the first line only
+        print(header["step"], header["config"])                # 10 {'state_size': 4}
+        ```
     """
     path = pathlib.Path(path)
     with open(path, "rb") as file:
@@ -493,6 +564,24 @@ def load_checkpoint(
         differ from the saved ones (naming the first differing leaf with both shapes and
         dtypes); if a skeleton is given for a part that was not saved, or `require_key` is set
         and no key was saved.
+
+    !!! example
+
+        ```python
+        import pathlib
+        import tempfile
+
+        import jax
+        import recurrax
+
+        model = recurrax.LRU(2, 4, key=jax.random.key(0))
+        path = pathlib.Path(tempfile.mkdtemp()) / "step-10.ckpt"
+        recurrax.save_checkpoint(path, model=model, step=10, config={"state_size": 4})
+
+        skeleton = recurrax.LRU(2, 4, key=jax.random.key(1))   # its values are replaced
+        restored = recurrax.load_checkpoint(path, model=skeleton)
+        assert restored.step == 10 and bool((restored.model.nu_log == model.nu_log).all())
+        ```
     """
     path = pathlib.Path(path)
     with open(path, "rb") as file:

@@ -55,6 +55,18 @@ class ModelConfig:
         or `{"name": "deer", "max_steps": 50, ...}` with the solver's arguments).
         Options the mixer does not take are refused.
     - `param_dtype` (`"float32"`, `"bfloat16"`, ...), `compute_dtype` (or `None`).
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        config = recurrax.ModelConfig(mixer="lru", d_model=8, depth=2, state_size=8,
+                                      output_size=5, vocab_size=11)
+        assert recurrax.ModelConfig.from_dict(config.to_dict()) == config   # JSON-able
+        model, state = config.build(key=jax.random.key(0))       # state: BatchNorm's statistics
+        ```
     """
 
     mixer: str = "lru"

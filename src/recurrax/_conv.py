@@ -24,6 +24,21 @@ class CausalDepthwiseConv(eqx.Module):
     restarts at each segment: inputs of earlier segments count as zeros.
 
     **Fields:** `weight` `(kernel_size, features)` ($w_j$ is row $j$), `bias` `(features,)`.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+        conv = recurrax.CausalDepthwiseConv(4, kernel_size=3, key=jax.random.key(0))
+        x = jax.random.normal(jax.random.key(1), (10, 4))
+        y = conv(x)                                              # (10, 4)
+        h, first = conv.scan(conv.init_state(), x[:6])           # the last 2 inputs as state ...
+        _, rest = conv.scan(h, x[6:])                            # ... carried into the next piece
+        assert jnp.allclose(jnp.concatenate([first, rest]), y, atol=1e-6)
+        ```
     """
 
     weight: Float[Array, "kernel features"]

@@ -40,6 +40,18 @@ class AbstractRecurrentLayer(AbstractMixer):
     `log_space=True` the coefficients are $(\log a_t, \log b_t)$ of a positive system and the
     parallel evaluation goes through [`recurrax.log_linear_recurrence`][]; the state itself is
     always kept in linear space.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        for layer in (recurrax.LRU(3, 4, key=jax.random.key(0)),
+                      recurrax.MinGRU(3, 4, key=jax.random.key(1))):
+            assert isinstance(layer, recurrax.AbstractRecurrentLayer)
+            a, b = layer.coefficients(jax.numpy.ones((5, 3)))    # the engine's (a_t, b_t)
+        ```
     """
 
     no_weight_decay: ClassVar[bool] = True

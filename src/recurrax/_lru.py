@@ -30,6 +30,15 @@ def stability_floor(dtype) -> float:
     decay. Flooring $\nu$ at a few ulps keeps every computed $|\lambda|$ strictly below 1
     (the rounding of $\cos$ and $\sin$ included); below the floor the gradient with respect to
     $\nu_{\log}$ is zero, where it was already below $10^{-5}$ relative.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        print(recurrax.stability_floor(jnp.float32))            # 9.5367431640625e-07: 8 eps
+        ```
     """
     return 8.0 * float(jnp.finfo(dtype).eps)
 

@@ -24,6 +24,19 @@ class AbstractLTILayer(AbstractRecurrentLayer):
 
     Besides the recurrent evaluation (`step`, `scan`, `__call__`) they have a convolution
     form: `kernel(length)` and `convolve(x)`, which equals `layer(x)` up to rounding.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+        lru = recurrax.LRU(3, 4, key=jax.random.key(0))
+        assert isinstance(lru, recurrax.AbstractLTILayer)
+        x = jax.random.normal(jax.random.key(1), (20, 3))
+        assert jnp.allclose(lru.convolve(x), lru(x), atol=1e-5)  # convolution = recurrence
+        ```
     """
 
     D: eqx.AbstractVar[Float[Array, " input"]]

@@ -22,14 +22,37 @@ _CANDIDATES = ("g", "linear")
 
 def g(x: Float[Array, "..."]) -> Float[Array, "..."]:
     r"""The minRNN paper's positive activation: $g(x) = x + \tfrac12$ for $x \ge 0$,
-    $\sigma(x)$ otherwise (continuous, strictly positive)."""
+    $\sigma(x)$ otherwise (continuous, strictly positive).
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        print(recurrax.g(jnp.array([-1.0, 0.0, 2.0])))          # [0.26894143 0.5        2.5       ]
+        ```
+    """
     return jnp.where(x >= 0, jnn.relu(x) + 0.5, jnn.sigmoid(x))
 
 
 def log_g(x: Float[Array, "..."]) -> Float[Array, "..."]:
     r"""$\log g(x)$: $\log(\max(x, 0) + \tfrac12)$ for $x \ge 0$, $-\operatorname{softplus}(-x)$
     otherwise. Both branches are finite everywhere (the `relu` inside the logarithm), so the
-    branch `where` does not discard is never NaN and neither are the gradients."""
+    branch `where` does not discard is never NaN and neither are the gradients.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+        x = jnp.array([-30.0, 0.0, 2.0])
+        assert jnp.allclose(recurrax.log_g(x), jnp.log(recurrax.g(x)), atol=1e-6)
+        assert jnp.all(jnp.isfinite(jax.grad(lambda x: recurrax.log_g(x).sum())(x)))
+        ```
+    """
     return jnp.where(x >= 0, jnp.log(jnn.relu(x) + 0.5), -jnn.softplus(-x))
 
 

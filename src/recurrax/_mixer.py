@@ -48,6 +48,19 @@ class AbstractMixer(eqx.Module):
         the no-decay group (the minimal and classic RNNs). `False` by default.
     - `transition_fields`: the fields that make the transition's eigenvalues, which
         `compute_dtype` leaves in their own dtype. Empty by default.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        mixer = recurrax.MinGRU(4, 8, key=jax.random.key(0))     # every layer is a mixer
+        assert isinstance(mixer, recurrax.AbstractMixer)
+        x = jax.random.normal(jax.random.key(1), (10, 4))
+        h, y = mixer.scan(mixer.init_state(), x)                 # the same as mixer(x)
+        h, y_next = mixer.step(h, x[0])                          # one more step
+        ```
     """
 
     recurrent_fields: ClassVar[frozenset[str]] = frozenset()

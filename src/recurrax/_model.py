@@ -67,6 +67,20 @@ class SequenceModel(eqx.Module):
 
     **Fields:** `encoder`, `blocks` (a tuple of [`recurrax.AbstractBlock`][]), `final_norm`,
     `head` (`eqx.nn.Linear(d_model, output_size)`), `pooling`, `compute_dtype`.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        model, state = recurrax.ModelConfig(
+            mixer="mingru", d_model=8, depth=1, output_size=3, input_size=2, norm="layer"
+        ).build(key=jax.random.key(0))
+        assert isinstance(model, recurrax.SequenceModel)
+        x = jax.random.normal(jax.random.key(1), (20, 2))        # (length, input)
+        logits = model(x)                                        # (3,): mean pooling, then the head
+        ```
     """
 
     encoder: eqx.nn.Embedding | eqx.nn.Linear

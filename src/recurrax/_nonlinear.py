@@ -42,6 +42,21 @@ class AbstractNonlinearSolver(eqx.Module):
     its tolerance) and the same gradients; they differ in speed, memory and convergence.
     The concrete solvers are [`recurrax.Sequential`][], [`recurrax.DEER`][],
     [`recurrax.QuasiDEER`][] and [`recurrax.DampedQuasiDEER`][].
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+        x = jax.random.normal(jax.random.key(1), (50, 3))
+        y = []
+        for solver in (recurrax.Sequential(), recurrax.QuasiDEER()):
+            assert isinstance(solver, recurrax.AbstractNonlinearSolver)
+            y.append(recurrax.GRU(3, 4, solver=solver, key=jax.random.key(0))(x))
+        assert jnp.allclose(y[0], y[1], atol=1e-4)              # the same states
+        ```
     """
 
 
@@ -81,6 +96,18 @@ class AbstractNewtonSolver(AbstractNonlinearSolver):
     `throw=True` (the default) this raises a runtime error (through `equinox.error_if`,
     also under `jax.jit`), and with `throw=False` the last iterate is returned with
     `stats["converged"]` false.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        solver = recurrax.DEER(tol=1e-6)                        # a Newton solver
+        assert isinstance(solver, recurrax.AbstractNewtonSolver)
+        gru = recurrax.GRU(3, 4, solver=solver, key=jax.random.key(0))
+        y = gru(jax.random.normal(jax.random.key(1), (30, 3)))  # (30, 4), parallel over time
+        ```
     """
 
     max_steps: eqx.AbstractVar[int | None]

@@ -22,7 +22,19 @@ from ._validate import check_array, check_real_floating
 
 class AbstractNorm(eqx.Module):
     r"""Abstract base class of a sequence normalisation:
-    `norm(x, state, *, mask=None) -> (y, state)` for `x` of shape `(length, features)`."""
+    `norm(x, state, *, mask=None) -> (y, state)` for `x` of shape `(length, features)`.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        norm = recurrax.RMSNorm(4)
+        assert isinstance(norm, recurrax.AbstractNorm)
+        y, state = norm(jnp.arange(8.0).reshape(2, 4), None)     # (2, 4); the state stays None
+        ```
+    """
 
     features: eqx.AbstractVar[int]
 
@@ -58,6 +70,17 @@ class LayerNorm(AbstractNorm):
     variance over the features of $x_t$.
 
     **Fields:** `weight`, `bias`: `(features,)` (ones and zeros at first).
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        norm = recurrax.LayerNorm(4)
+        y, _ = norm(jnp.array([[1.0, 2.0, 3.0, 4.0]]), None)     # (1, 4)
+        assert jnp.allclose(y.mean(), 0.0, atol=1e-6)
+        ```
     """
 
     weight: Float[Array, " features"]
@@ -96,6 +119,17 @@ class RMSNorm(AbstractNorm):
     $y_t = x_t / \sqrt{\tfrac1d \|x_t\|^2 + \epsilon} \odot w$.
 
     **Fields:** `weight`: `(features,)` (ones at first).
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        norm = recurrax.RMSNorm(4)
+        y, _ = norm(jnp.full((3, 4), 2.0), None)                 # (3, 4)
+        assert jnp.allclose(y, 1.0, atol=1e-5)
+        ```
     """
 
     weight: Float[Array, " features"]
@@ -135,6 +169,20 @@ class BatchNorm(AbstractNorm):
     inference mode (`equinox.nn.inference_mode`), which also serves streaming.
 
     **Fields:** `weight`, `bias`: `(features,)`; `momentum` $\rho$; `inference`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import recurrax
+
+        norm, state = eqx.nn.make_with_state(recurrax.BatchNorm)(4)
+        x = jax.random.normal(jax.random.key(0), (8, 10, 4))     # (batch, length, features)
+        batched = jax.vmap(norm, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+        y, state = batched(x, state)                             # statistics over batch and time
+        y_eval, _ = eqx.nn.inference_mode(norm)(x[0], state)     # the running statistics
+        ```
     """
 
     weight: Float[Array, " features"]

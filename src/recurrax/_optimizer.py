@@ -178,6 +178,15 @@ def warmup_cosine_schedule(
     **Raises:**
 
     `ValueError` naming the argument and showing its value if it is out of range.
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        schedule = recurrax.warmup_cosine_schedule(1e-3, 100, warmup_fraction=0.1)
+        print(float(schedule(10)))                               # 0.001: the peak, after warm-up
+        ```
     """
     owner = "warmup_cosine_schedule"
     peak = _positive(owner, "peak_value", peak_value)

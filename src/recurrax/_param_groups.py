@@ -171,6 +171,16 @@ def param_labels(
 
     `ValueError` if a key of `recurrent_fields` is not a type or lists a name that is not a
     field of it, or if `no_decay_types` holds something other than types.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        labels = recurrax.param_labels(recurrax.LRU(2, 4, key=jax.random.key(0)))
+        print(labels.nu_log, labels.C_re)                        # recurrent decay
+        ```
     """
     no_decay_types = tuple(no_decay_types)
     recurrent_fields = {} if recurrent_fields is None else recurrent_fields

@@ -312,6 +312,18 @@ class LSTM(AbstractMixer):
 
     **Fields:** `weight_ih` `(4 hidden, input)`, `weight_hh` `(4 hidden, hidden)`, `bias`
     `(4 hidden,)`: $4 d_h (d_x + d_h) + 4 d_h$ parameters.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        lstm = recurrax.LSTM(3, 8, key=jax.random.key(0))
+        x = jax.random.normal(jax.random.key(1), (20, 3))       # (length, input)
+        y = lstm(x)                                             # (20, 8)
+        (h, c), y_t = lstm.step(lstm.init_state(), x[0])        # the state is the pair (h, c)
+        ```
     """
 
     no_weight_decay: ClassVar[bool] = True

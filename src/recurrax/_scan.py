@@ -46,6 +46,19 @@ class AbstractScan(eqx.Module):
     [`recurrax.log_linear_recurrence`][] (and to every layer); all strategies compute the
     same states and differ only in speed, memory and rounding order. Subclass and implement
     `solve` to add one.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        a, b = jnp.full((6, 2), 0.5), jnp.ones((6, 2))            # (length, state)
+        strategies = (recurrax.SequentialScan(), recurrax.AssociativeScan(), recurrax.AutoScan())
+        for method in strategies:
+            assert isinstance(method, recurrax.AbstractScan)
+            assert jnp.allclose(recurrax.linear_recurrence(a, b, method=method)[-1], 2 - 0.5**5)
+        ```
     """
 
     @abc.abstractmethod
@@ -84,6 +97,18 @@ class SequentialScan(AbstractScan):
     **Arguments:**
 
     - `unroll`: passed to `jax.lax.scan`.
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        h = recurrax.linear_recurrence(
+            jnp.asarray(0.5), jnp.ones((4, 1)), method=recurrax.SequentialScan(unroll=2)
+        )
+        print(h[:, 0])                                          # [1.    1.5   1.75  1.875]
+        ```
     """
 
     unroll: int = eqx.field(default=1, static=True)
@@ -120,6 +145,18 @@ class AssociativeScan(AbstractScan):
     [the engine](../concepts/engine.md)).
     The strategy of choice on accelerators; on CPU its strided passes over memory make it
     slower than [`recurrax.ChunkedScan`][].
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        h = recurrax.linear_recurrence(
+            jnp.asarray(0.5), jnp.ones((4, 1)), method=recurrax.AssociativeScan()
+        )
+        print(h[:, 0])                                          # [1.    1.5   1.75  1.875]
+        ```
     """
 
     def solve(self, semiring, a, b, h0, *, reverse):
@@ -145,6 +182,14 @@ def default_chunk_size(length: int) -> int:
 
     The three passes of the chunked scan take $C + L/C + C$ loop iterations, which this
     keeps near their minimum while each iteration still works on $L/C$ time steps at once.
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        print([recurrax.default_chunk_size(n) for n in (10, 1000, 10**6)])   # [8, 32, 512]
+        ```
     """
     if length <= 1:
         return 1
@@ -168,6 +213,20 @@ class ChunkedScan(AbstractScan):
 
     - `chunk_size`: $C$; `None` picks the power of two nearest $\sqrt{L}$ (see
         [`recurrax.default_chunk_size`][]). A length that is not a multiple of $C$ is padded.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+        a = jax.random.uniform(jax.random.key(0), (1000, 8), minval=0.9, maxval=0.99)
+        b = jax.random.normal(jax.random.key(1), (1000, 8))
+        h = recurrax.linear_recurrence(a, b, method=recurrax.ChunkedScan(chunk_size=32))
+        reference = recurrax.linear_recurrence(a, b, method=recurrax.SequentialScan())
+        assert jnp.allclose(h, reference, atol=1e-4)            # exact up to rounding
+        ```
     """
 
     chunk_size: int | None = eqx.field(default=None, static=True)
@@ -266,6 +325,15 @@ class AutoScan(AbstractScan):
     solved where they live, and under `jax.jit` the choice is made when the computation is
     lowered for its device (`jax.lax.platform_dependent`), so CPU arrays on a GPU machine
     get the CPU strategy.
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        auto = recurrax.AutoScan()                              # what method=None uses
+        print(auto.choose(100), auto.choose(5000))  # on a CPU: SequentialScan() ChunkedScan()
+        ```
     """
 
     sequential_below: int = eqx.field(default=256, static=True)

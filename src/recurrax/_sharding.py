@@ -41,6 +41,15 @@ def make_data_mesh(devices: Collection[jax.Device] | None = None) -> Mesh:
     **Raises:**
 
     `ValueError` if `devices` is empty.
+
+    !!! example
+
+        ```python
+        import recurrax
+
+        mesh = recurrax.make_data_mesh()                         # every device, axis "data"
+        print(mesh.axis_names)                                   # ('data',)
+        ```
     """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
@@ -132,6 +141,18 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
 
     `ValueError` if an array has no leading axis or a batch size not divisible by the number
     of devices (of this process, on a mesh spanning several processes).
+
+    !!! example
+
+        ```python
+        import jax.numpy as jnp
+        import recurrax
+
+        mesh = recurrax.make_data_mesh()
+        n = mesh.shape["data"]
+        batch = recurrax.shard_batch((jnp.ones((2 * n, 5)), jnp.zeros(2 * n)), mesh)
+        print(batch[0].sharding.spec)                            # P('data',)
+        ```
     """
     owner = "shard_batch"
     devices = _data_size(owner, mesh)
@@ -154,6 +175,17 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
 
     On a mesh spanning several processes every process must pass the same values (a model
     built from the same seed, or read from the same checkpoint); global arrays are kept.
+
+    !!! example
+
+        ```python
+        import jax
+        import recurrax
+
+        mesh = recurrax.make_data_mesh()
+        model = recurrax.replicate(recurrax.MinGRU(2, 4, key=jax.random.key(0)), mesh)
+        assert model.linear_z.weight.sharding.is_fully_replicated
+        ```
     """
     sharding = NamedSharding(mesh, PartitionSpec())
     if _spans_processes(mesh):

@@ -69,6 +69,31 @@ def train_step(
     `(model, state, opt_state, metrics)`: the updated model, the state returned by
     `loss_fn`, the updated optimiser state, and `loss_fn`'s metrics with `"loss"` and
     `"grad_norm"` (the global norm of the gradient before clipping) added.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+
+        def loss_fn(model, state, batch, key):   # batch: inputs and targets, (3, 5, 2) each
+            x, y = batch
+            return jnp.mean((jax.vmap(model)(x) - y) ** 2), (state, {})
+
+
+        model = recurrax.LRU(2, 4, key=jax.random.key(0))
+        batch = (jnp.ones((3, 5, 2)), jnp.zeros((3, 5, 2)))
+        optimizer = recurrax.make_optimizer(model, learning_rate=1e-2)
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+        model, _, opt_state, metrics = recurrax.train_step(
+            model, None, opt_state, batch, None, optimizer=optimizer, loss_fn=loss_fn
+        )
+        print(sorted(metrics))                                   # ['grad_norm', 'loss']
+        ```
     """
     grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
     (loss, (state, metrics)), grads = grad_fn(model, state, batch, key)
@@ -107,6 +132,30 @@ def make_train_step(
 
     `step(model, state, opt_state, batch, key) -> (model, state, opt_state, metrics)`,
     compiled once per input structure and shapes.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+
+        def loss_fn(model, state, batch, key):   # batch: inputs and targets, (3, 5, 2) each
+            x, y = batch
+            return jnp.mean((jax.vmap(model)(x) - y) ** 2), (state, {})
+
+
+        model = recurrax.LRU(2, 4, key=jax.random.key(0))
+        batch = (jnp.ones((3, 5, 2)), jnp.zeros((3, 5, 2)))
+        optimizer = recurrax.make_optimizer(model, learning_rate=1e-2)
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+        step = recurrax.make_train_step(optimizer, loss_fn)
+        for _ in range(3):
+            model, _, opt_state, metrics = step(model, None, opt_state, batch, None)
+        ```
     """
     donation = _donation(donate)
 
@@ -131,6 +180,26 @@ def eval_step(
     **Returns:**
 
     `loss_fn`'s metrics with `"loss"` added.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+
+        def loss_fn(model, state, batch, key):   # batch: inputs and targets, (3, 5, 2) each
+            x, y = batch
+            return jnp.mean((jax.vmap(model)(x) - y) ** 2), (state, {})
+
+
+        model = recurrax.LRU(2, 4, key=jax.random.key(0))
+        batch = (jnp.ones((3, 5, 2)), jnp.zeros((3, 5, 2)))
+
+        metrics = recurrax.eval_step(model, None, batch, loss_fn=loss_fn)   # {'loss': ...}
+        ```
     """
     model = eqx.nn.inference_mode(model)
     loss, (_, metrics) = loss_fn(model, state, batch, None)
@@ -144,7 +213,29 @@ def make_eval_step(loss_fn: LossFn, mesh: Mesh | None = None) -> Callable:
 
     With a `mesh` spanning several processes, each process passes its share of the batch
     and the same model, as for [`recurrax.make_data_parallel_train_step`][]; the inputs are
-    made global arrays with [`recurrax.shard_batch`][] and [`recurrax.replicate`][]."""
+    made global arrays with [`recurrax.shard_batch`][] and [`recurrax.replicate`][].
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+
+        def loss_fn(model, state, batch, key):   # batch: inputs and targets, (3, 5, 2) each
+            x, y = batch
+            return jnp.mean((jax.vmap(model)(x) - y) ** 2), (state, {})
+
+
+        model = recurrax.LRU(2, 4, key=jax.random.key(0))
+        batch = (jnp.ones((3, 5, 2)), jnp.zeros((3, 5, 2)))
+
+        evaluate = recurrax.make_eval_step(loss_fn)
+        print(float(evaluate(model, None, batch)["loss"]) >= 0.0)   # True
+        ```
+    """
 
     @eqx.filter_jit
     def compiled(model, state, batch):
@@ -201,6 +292,33 @@ def make_data_parallel_train_step(
 
     `ValueError` if the mesh has no `"data"` axis; when called, if the batch size is not
     divisible by the number of devices on it.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import recurrax
+
+
+        def loss_fn(model, state, batch, key):   # batch: inputs and targets, (3, 5, 2) each
+            x, y = batch
+            return jnp.mean((jax.vmap(model)(x) - y) ** 2), (state, {})
+
+
+        model = recurrax.LRU(2, 4, key=jax.random.key(0))
+        batch = (jnp.ones((3, 5, 2)), jnp.zeros((3, 5, 2)))
+        optimizer = recurrax.make_optimizer(model, learning_rate=1e-2)
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+        mesh = recurrax.make_data_mesh()
+        n = mesh.shape["data"]
+        step = recurrax.make_data_parallel_train_step(optimizer, loss_fn, mesh)
+        model, opt_state = recurrax.replicate((model, opt_state), mesh)
+        batch = recurrax.shard_batch((jnp.ones((2 * n, 5, 2)), jnp.zeros((2 * n, 5, 2))), mesh)
+        model, _, opt_state, metrics = step(model, None, opt_state, batch, None)
+        ```
     """
     owner = "make_data_parallel_train_step"
     devices = _data_size(owner, mesh)
