@@ -324,3 +324,74 @@ def test_the_processes_do_not_outlive_the_command(how, tmp_path):
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+
+
+KILLED = [
+    "run", "parity", "--model", "mingru", "--depth", "1", "--d-model", "8",
+    "--model-set", "dropout=0.1", "--task-set", "max_length=16", "--batch-size", "8",
+    "--steps", "600", "--eval-every", "300", "--eval-size", "16", "--checkpoint-every", "20",
+]  # fmt: skip
+
+
+def _child(launcher: int, process_id: int) -> int | None:
+    """The pid of the launched process `process_id` of the command `launcher`, from /proc."""
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if "--spawned-by" in argv and argv[argv.index("--spawned-by") + 1] == str(launcher):
+            if argv[argv.index("--process-id") + 1] == str(process_id):
+                return int(entry.name)
+    return None
+
+
+def _checkpoint_steps(out: pathlib.Path) -> list[int]:
+    return sorted(int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*.rcx"))
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_one_process_killed_mid_run_then_resumed_loses_nothing(tmp_path):
+    """SIGKILL one of the two processes in the middle of a run: the command stops (non-zero),
+    the checkpoints written so far stay complete, and `--resume` ends with the metrics, every
+    step, of the same run never interrupted."""
+    import signal
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = _start("-m", "experiments", *KILLED, "--out", str(whole), "--processes", "2")
+    try:
+        launcher = _start("-m", "experiments", *KILLED, "--out", str(killed), "--processes", "2")
+        try:
+            deadline = time.monotonic() + 300
+            while not (killed / "checkpoints").is_dir() or max(
+                _checkpoint_steps(killed), default=0
+            ) < 60:
+                assert launcher.poll() is None, launcher.communicate()[1][-4000:]
+                assert time.monotonic() < deadline, "no checkpoint past step 60 in 300 s"
+                time.sleep(0.02)
+            victim = _child(launcher.pid, 1)
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            launcher.communicate(timeout=120)
+            assert launcher.returncode != 0
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+                launcher.wait()
+        steps = _checkpoint_steps(killed)
+        assert steps and max(steps) < 600, steps  # killed before the end
+        assert _child(launcher.pid, 0) is None and _child(launcher.pid, 1) is None
+        _finish(
+            _start("-m", "experiments", *KILLED, "--out", str(killed), "--processes", "2",
+                   "--resume")
+        )
+    finally:
+        _finish(reference)
+    ours, theirs = _records(killed), _records(whole)
+    assert [r["step"] for r in ours] == list(range(1, 601)) == [r["step"] for r in theirs]
+    for a, b in zip(ours, theirs):
+        for name in COMPARED:
+            if name in b:
+                assert abs(a[name] - b[name]) <= 1e-6 * max(1.0, abs(b[name])), (name, a, b)
