@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.recurrax-installed
 
-.PHONY: demo test docs lint install clean test-lower-bounds
+.PHONY: demo test docs docs-shots lint install clean test-lower-bounds
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
+# Screenshots of the home, a concept, the results and the performance pages at 1,280 px in
+# site-shots/ (not committed), for reviewing the site as readers see it; needs Chromium.
+docs-shots: docs
+	$(BIN)/python .ci/docs_shots.py site site-shots
+
 # The suite against the oldest dependency versions pyproject.toml allows, in one process:
 # inside pytest-xdist workers JAX 0.5.0's compiler crashed twice in a full run (a segfault in
 # backend_compile, in tests that pass alone and in a two-worker run of their files).
@@ -48,4 +53,4 @@ test-lower-bounds:
 	.venv-lower/bin/python -m pytest -n 0
 
 clean:
-	rm -rf $(VENV) .venv-lower runs site .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) .venv-lower runs site site-shots .pytest_cache .hypothesis .ruff_cache

@@ -617,3 +617,21 @@ def test_search_finds_each_public_class_first(browser, server):
     # Known: a search for "Checkpoint" ranks CheckpointError and CheckpointManager (whose
     # sections say "checkpoint" more often) above the Checkpoint class, on the same page.
     assert set(misses) <= {"Checkpoint"}, f"search does not list the API entry first: {misses}"
+
+
+def test_docs_shots_writes_1280_pixel_screenshots(site, tmp_path):
+    """`make docs-shots` (.ci/docs_shots.py): a PNG of a page, 1,280 px wide."""
+    executable = _find_chromium()
+    if executable is None:
+        _missing("headless Chromium", f"none of {', '.join(CHROMIUM_NAMES)} is on PATH")
+    spec = importlib.util.spec_from_file_location("docs_shots", ROOT / ".ci" / "docs_shots.py")
+    shots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shots)
+    assert set(shots.PAGES) == {"home", "concept-engine", "results", "performance"}
+    for path in shots.PAGES.values():
+        assert (site / path / "index.html").exists(), path
+    (png,) = shots.shoot(site, tmp_path, executable, pages={"home": ""}, height=600)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1280, 600)
