@@ -1,5 +1,6 @@
 r"""minGRU and minLSTM (Feng et al., 2024): input-dependent diagonal linear recurrences."""
 
+import functools
 import math
 from typing import Literal
 
@@ -318,19 +319,15 @@ class MinLSTM(_AbstractMinRNN):
         return h
 
 
-register_mixer(
-    "mingru",
-    MinGRU,
-    lambda width, hidden, state_size, *, dtype, key, **options: MinGRU(
-        width, hidden, dtype=dtype, key=key, **options
-    ),
-    summary="minGRU (parallel, sequential or log space)",
-)
-register_mixer(
-    "minlstm",
-    MinLSTM,
-    lambda width, hidden, state_size, *, dtype, key, **options: MinLSTM(
-        width, hidden, dtype=dtype, key=key, **options
-    ),
-    summary="minLSTM (parallel, sequential or log space)",
-)
+def _build(cls, width, hidden, state_size, *, dtype, key, **options):
+    """A minGRU or minLSTM block mixer: `width -> hidden`."""
+    return cls(width, hidden, dtype=dtype, key=key, **options)
+
+
+for _name, _cls, _label in (("mingru", MinGRU, "minGRU"), ("minlstm", MinLSTM, "minLSTM")):
+    register_mixer(
+        _name,
+        _cls,
+        functools.partial(_build, _cls),
+        summary=f"{_label} (parallel, sequential or log space)",
+    )

@@ -1,5 +1,6 @@
 r"""Classic GRU and LSTM over time: the nonlinear baselines of the minRNN comparison."""
 
+import functools
 import math
 from typing import ClassVar
 
@@ -472,23 +473,18 @@ class LSTM(AbstractMixer):
         return self.scan(self.init_state(), x, mask=mask, resets=resets)[1]
 
 
-register_mixer(
-    "gru",
-    GRU,
-    lambda width, hidden, state_size, *, dtype, key, **options: GRU(
-        width, hidden, dtype=dtype, key=key, **options
-    ),
-    summary="the classic GRU (sequential, or Newton's method over time with `solver`)",
-    scan_strategy=False,
-    choices={"solver": SOLVERS},
-)
-register_mixer(
-    "lstm",
-    LSTM,
-    lambda width, hidden, state_size, *, dtype, key, **options: LSTM(
-        width, hidden, dtype=dtype, key=key, **options
-    ),
-    summary="the classic LSTM (sequential, or Newton's method over time with `solver`)",
-    scan_strategy=False,
-    choices={"solver": SOLVERS},
-)
+def _build(cls, width, hidden, state_size, *, dtype, key, **options):
+    """A GRU or LSTM block mixer: `width -> hidden`."""
+    return cls(width, hidden, dtype=dtype, key=key, **options)
+
+
+for _name, _cls in (("gru", GRU), ("lstm", LSTM)):
+    register_mixer(
+        _name,
+        _cls,
+        functools.partial(_build, _cls),
+        summary=f"the classic {_cls.__name__} (sequential, or Newton's method over time with "
+        f"`solver`)",
+        scan_strategy=False,
+        choices={"solver": SOLVERS},
+    )
