@@ -10,16 +10,22 @@ The log-space solver gets the positive versions (b_t > 0; real |λ| in the first
 is compared with the common public log-space form, cumsum(log a) + logcumsumexp.
 """
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import recurrax
 
+from ._figures import image, line_panels
 from ._timing import emit_report, Machine, markdown_table
 
 
 LENGTH = 65_536
+# The shorter lengths of the error-against-length figure and table (the main table is at
+# `--length`).
+CURVE_LENGTHS = (1024, 4096, 16384)
 STATE = 64
 
 
@@ -103,28 +109,74 @@ def measure(length: int = LENGTH, log=print) -> list[list[str]]:
     return rows
 
 
+def plot(by_length: dict[int, list[list[str]]], path: pathlib.Path) -> pathlib.Path:
+    """Relative error against L (log-log), one panel per regime, a line per solver and
+    strategy."""
+    panels = []
+    for regime in dict.fromkeys(r[0] for rows in by_length.values() for r in rows):
+        series: dict[str, list] = {}
+        for length, rows in by_length.items():
+            for r in rows:
+                if r[0] == regime:
+                    label = f"{r[1]}: {r[2]}"
+                    series.setdefault(label, []).append((length, float(r[3])))
+        panels.append((regime, series))
+    return line_panels(
+        panels,
+        path,
+        xlabel="sequence length L",
+        ylabel="max |h32 − h64| / max |h64|",
+        dashed=[label for _, series in panels for label in series if "common" in label],
+    )
+
+
+def length_table(by_length: dict[int, list[list[str]]]) -> str:
+    """One row per regime, solver and strategy; one column per length."""
+    lengths = sorted(by_length)
+    keys = list(dict.fromkeys(tuple(r[:3]) for rows in by_length.values() for r in rows))
+    values = {(L, tuple(r[:3])): r[3] for L, rows in by_length.items() for r in rows}
+    return markdown_table(
+        ["regime", "solver", "strategy"] + [f"L = {L}" for L in lengths],
+        [list(k) + [values.get((L, k), "") for L in lengths] for k in keys],
+    )
+
+
 def run(args) -> int:
     machine = Machine.here()
-    print(f"Engine float32 accuracy at L = {args.length} on {machine.line()}")
-    rows = measure(args.length)
+    lengths = sorted({*(L for L in CURVE_LENGTHS if L < args.length), args.length})
+    if args.no_curve:
+        lengths = [args.length]
+    print(f"Engine float32 accuracy at L = {lengths} on {machine.line()}")
+    by_length = {}
+    for length in lengths:
+        print(f"L = {length}")
+        by_length[length] = measure(length)
+    rows = by_length[args.length]
     command = "python -m experiments accuracy engine" + (
         f" --length {args.length}" if args.length != LENGTH else ""
-    )
-    text = (
-        "\n".join(
-            [
-                "# Engine accuracy (float32 against a float64 loop)",
-                "",
-                f"Measured with `{command}` on {machine.line()}.",
-                f"L = {args.length}, {STATE} states; error = max|h32 − h64| / max|h64| against a "
-                "float64 NumPy loop of h_t = a_t h_{t-1} + b_t. *Near unit circle*: constant λ "
-                "with |λ| ∈ [0.999, 0.9999] (complex, or its modulus for log space); *strong "
-                "decay*: per-step a_t ∈ [0.5, 0.9]. Log-space rows use b_t > 0.",
-                "",
-                markdown_table(["regime", "solver", "strategy", "relative error"], rows),
-            ]
-        )
-        + "\n"
-    )
-    emit_report(text, args.out)
+    ) + (" --no-curve" if args.no_curve else "")
+    png = None
+    if args.out and len(lengths) > 1:
+        png = str(pathlib.Path(args.out).with_suffix(".png"))
+        plot(by_length, pathlib.Path(png))
+        print(f"Wrote {png}")
+    lines = [
+        "# Engine accuracy (float32 against a float64 loop)",
+        "",
+        f"Measured with `{command}` on {machine.line()}.",
+        f"L = {args.length}, {STATE} states; error = max|h32 − h64| / max|h64| against a "
+        "float64 NumPy loop of h_t = a_t h_{t-1} + b_t. *Near unit circle*: constant λ "
+        "with |λ| ∈ [0.999, 0.9999] (complex, or its modulus for log space); *strong "
+        "decay*: per-step a_t ∈ [0.5, 0.9]. Log-space rows use b_t > 0.",
+        "",
+        markdown_table(["regime", "solver", "strategy", "relative error"], rows),
+    ]
+    if len(lengths) > 1:
+        lines += ["", "## Error against length", "",
+                  "The same two problems drawn afresh (seed 0) at each length.", ""]
+        if png:
+            lines += [image(png, "float32 relative error against sequence length, log-log, "
+                                 "per regime, for each solver and strategy"), ""]
+        lines.append(length_table(by_length))
+    emit_report("\n".join(lines) + "\n", args.out)
     return 0

@@ -398,6 +398,10 @@ def parser() -> argparse.ArgumentParser:
     acc = which_acc.add_parser("engine", help="every strategy against a float64 loop")
     acc.add_argument("--length", type=int, default=65_536, help="sequence length")
     acc.add_argument(
+        "--no-curve", action="store_true",
+        help="only --length (no error-against-length figure at 1024, 4096, 16384)",
+    )
+    acc.add_argument(
         "--out", default="docs/results/accuracy-engine.md", help="markdown file for the table"
     )
     acc.set_defaults(repeats=1)

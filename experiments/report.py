@@ -16,6 +16,7 @@ import numpy as np
 import recurrax
 
 from . import variants
+from ._figures import image, line_panels
 from ._timing import Machine
 from .tasks import make_task
 from .train import read_metrics
@@ -197,6 +198,12 @@ def summary_row(run: pathlib.Path, summary: dict) -> dict:
     if summary["config"].get("init_from"):
         origin = pathlib.Path(summary["config"]["init_from"]).name
         options += (", " if options else "") + "from " + origin
+    metrics_file = pathlib.Path(run) / "metrics.jsonl"
+    curve = [
+        [m["step"], m[metric]]
+        for m in (read_metrics(metrics_file) if metrics_file.exists() else [])
+        if "event" not in m and m.get(metric) is not None
+    ]
     return {
         "run": pathlib.Path(run).name,
         "task": summary["task"],
@@ -204,8 +211,10 @@ def summary_row(run: pathlib.Path, summary: dict) -> dict:
         "model": summary["model"],
         "depth": summary["depth"],
         "steps": summary["steps"],
+        "seed": summary["config"].get("seed", 0),
         "metric": metric,
         "value": summary["final"].get(metric),
+        "curve": curve,
         "baseline": summary["baseline"],
         "paper": summary["paper"],
         "command": summary["environment"]["command"],
@@ -251,7 +260,8 @@ def results_data(runs: list[pathlib.Path], previous: dict | None = None) -> dict
             extrapolation[extra["run"]] = extra
 
     def order(row):
-        return (row["task"], row["model"], row["depth"], row["options"], row["steps"])
+        return (row["task"], row["model"], row["depth"], row["options"], row["steps"],
+                row.get("seed", 0))
 
     return {
         "runs": sorted(rows.values(), key=order),
@@ -293,22 +303,110 @@ def _commands(title: str, commands: list[str]) -> list[str]:
     return lines + [""]
 
 
-def render(data: dict) -> str:
+def _groups(rows: list[dict]) -> list[list[dict]]:
+    """Rows that differ only in their seed, together (in order)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["options"], r["model"], r["depth"], r["steps"])
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def _shown_group(group: list[dict]) -> str:
+    """One run's value, or the mean ± standard deviation over seeds (sample, n − 1)."""
+    metric = group[0]["metric"]
+    values = [r["value"] for r in group if r["value"] is not None]
+    if len(group) == 1 or not values:
+        return _shown(group[0]["value"], metric)
+    scale, unit = (1, "") if metric == "test_mse" else (100, " %")
+    mean = scale * float(np.mean(values))
+    spread = scale * float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{mean:.4g} ± {spread:.2g}{unit} ({len(values)} seeds)"
+
+
+def _numbers(first: int, count: int) -> str:
+    return str(first) if count == 1 else f"{first}–{first + count - 1}"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def _label(group: list[dict]) -> str:
+    r = group[0]
+    label = f"{_model(r['model'])}, depth {r['depth']}"
+    if r["options"]:
+        label += f", {r['options']}"
+    return label
+
+
+def plot_task_curves(rows: list[dict], path: pathlib.Path) -> pathlib.Path | None:
+    """Test metric against step of every row with a recorded curve, all models on one axes
+    (the mean over seeds at each evaluated step). `None` when no row has a curve."""
+    series = {}
+    for group in _groups(rows):
+        curves = [dict((int(s), v) for s, v in r.get("curve") or []) for r in group]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        series[_label(group)] = [(s, float(np.mean([c[s] for c in curves]))) for s in steps]
+    if not series:
+        return None
+    mse = rows[0]["metric"] == "test_mse"
+    return line_panels(
+        [(rows[0]["task"], series)],
+        path,
+        xlabel="training step",
+        ylabel="test MSE" if mse else "test accuracy",
+        xlog=False,
+        ylog=mse,
+        percent=not mse,
+    )
+
+
+def plot_extrapolation(rows: list[dict], path: pathlib.Path) -> pathlib.Path:
+    """Test accuracy against sequence length (log scale), one line per model."""
+    series = {
+        f"{r['model']}" + ("" if r["trained_at"] is None else f" (trained at {r['trained_at']})"):
+        [(int(n), v["accuracy"]) for n, v in r["results"].items()]
+        for r in rows
+    }
+    return line_panels(
+        [(f"{rows[0]['task']}: length extrapolation", series)],
+        path,
+        xlabel="test sequence length",
+        ylabel="test accuracy",
+        ylog=False,
+        percent=True,
+    )
+
+
+def render(data: dict, figures: pathlib.Path | None = None) -> str:
     """The results page (markdown) from `results_data`: one small table per task, the
-    command of every row in a numbered list beside it, the published numbers once per task."""
+    command of every row in a numbered list beside it, the published numbers once per task.
+    Runs that differ only in their seed share a row (mean ± standard deviation). With
+    `figures` (the path of the page), each task's learning curves and each extrapolation's
+    accuracy against length are drawn beside it (`<page>-<task>.png`) and embedded."""
     lines = [
         "# Results of the experiment runs",
         "",
         "Made by `python -m experiments report --out docs/results/experiments.md` from the runs'",
         "`summary.json` (and the rows already in `docs/results/experiments.json`, beside this",
         "page). Small presets on a 2-core CPU unless a command says otherwise; the `#` of a row",
-        "is its command's number in the list under the table. Commentary:",
+        "is its command's number in the list under the table; runs that differ only in their",
+        "seed share a row (mean ± standard deviation over seeds). Commentary:",
         "[Experiments](../experiments.md).",
     ]
     tasks = list(dict.fromkeys(r["task"] for r in data["runs"]))
     for task in tasks:
         rows = [r for r in data["runs"] if r["task"] == task]
-        number = {r["run"]: i for i, r in enumerate(rows, 1)}
+        groups = _groups(rows)
+        number, first = {}, 1
+        for group in groups:
+            for r in group:
+                number[r["run"]] = first
+            first += len(group)
         metric = rows[0]["metric"]
         name = "test MSE" if metric == "test_mse" else "test accuracy"
         baselines = list(dict.fromkeys(_baseline(r["baseline"]) for r in rows))
@@ -317,15 +415,25 @@ def render(data: dict) -> str:
                   + " or ".join(baselines) + "."]
         lines += ["", "| # | options | model | depth | steps | ours |",
                   "|---:|---|---|---:|---:|---:|"]
-        for i, r in enumerate(rows, 1):
+        first = 1
+        for group in groups:
+            r = group[0]
             lines.append(
-                f"| {i} | {_options(r, number)} | {_model(r['model'])} | {r['depth']} | "
-                f"{r['steps']} | {_shown(r['value'], r['metric'])} |"
+                f"| {_numbers(first, len(group))} | {_options(r, number)} | "
+                f"{_model(r['model'])} | {r['depth']} | {r['steps']} | {_shown_group(group)} |"
             )
+            first += len(group)
         papers = dict.fromkeys((r["model"].split(" ")[0], r["paper"]) for r in rows if r["paper"])
-        if papers:
+        if len({p for _, p in papers}) == 1 and len(papers) > 1:
+            lines += ["", f"Published: {next(iter(papers))[1]}."]
+        elif papers:
             lines += ["", "Published: " + "; ".join(f"{m}: {p}" for m, p in papers) + "."]
-        lines += _commands(f"Commands ({task})", [r["command"] for r in rows])
+        if figures is not None:
+            png = figures.with_name(f"{figures.stem}-{_slug(task)}.png")
+            if plot_task_curves(rows, png) is not None:
+                lines += ["", image(png, f"{task}: {name} against training step for each "
+                                         "model of the table (mean over seeds)")]
+        lines += _commands(f"Commands ({task})", [r["command"] for g in groups for r in g])
     if data["extrapolation"]:
         lines += [
             "",
@@ -347,6 +455,11 @@ def render(data: dict) -> str:
                 headers.append(f"{r['model']} ({numbers}{trained})")
             # One row per length, one column per model: long length lists stay narrow.
             lines += ["", f"### {task}", ""]
+            if figures is not None:
+                png = figures.with_name(f"{figures.stem}-{_slug(task)}-extrapolation.png")
+                plot_extrapolation(rows, png)
+                lines += [image(png, f"{task}: test accuracy against sequence length for "
+                                     "each model"), ""]
             lines += ["| length | " + " | ".join(headers) + " | test sequences |",
                       "|---:|" + "---:|" * len(rows) + "---:|"]
             for n in lengths:
@@ -377,7 +490,7 @@ def write_results(runs: list[pathlib.Path], out: pathlib.Path | None) -> str:
     rows_file = out.with_suffix(".json")
     previous = json.loads(rows_file.read_text()) if rows_file.exists() else None
     data = results_data(runs, previous)
-    page = render(data)
+    page = render(data, figures=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows_file.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     out.write_text(page)

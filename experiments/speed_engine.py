@@ -15,12 +15,14 @@ XLA's compiled figure (temporaries plus outputs).
 """
 
 import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
 
 import recurrax
 
+from ._figures import image, line_panels
 from ._timing import compiled_peak_bytes, emit_report, Machine, markdown_table, median_time, mib, ms
 
 
@@ -105,7 +107,25 @@ def measure(lengths=LENGTHS, repeats: int = 5, names=None, log=print) -> tuple[l
     return rows, floors
 
 
-def report(rows: list[Row], floors: dict, machine: Machine, command: str) -> str:
+def plot(rows: list[Row], floors: dict, path: pathlib.Path) -> pathlib.Path:
+    """Forward and forward+backward time against L (log-log): every implementation, and the
+    one-pass memory floor on the forward panel."""
+    names = list(dict.fromkeys(r.name for r in rows))
+    forward = {n: [(r.length, 1e3 * r.forward) for r in rows if r.name == n] for n in names}
+    forward["memory floor (one pass)"] = [(L, 1e3 * t) for L, t in floors.items()]
+    backward = {n: [(r.length, 1e3 * r.backward) for r in rows if r.name == n] for n in names}
+    return line_panels(
+        [("forward", forward), ("forward + backward", backward)],
+        path,
+        xlabel="sequence length L",
+        ylabel="milliseconds",
+        dashed=("common form", "memory floor (one pass)"),
+    )
+
+
+def report(
+    rows: list[Row], floors: dict, machine: Machine, command: str, png: str | None = None
+) -> str:
     by = {(r.name, r.length): r for r in rows}
     names = list(dict.fromkeys(r.name for r in rows))
     lengths = sorted({r.length for r in rows})
@@ -116,6 +136,14 @@ def report(rows: list[Row], floors: dict, machine: Machine, command: str) -> str
         f"Batch {BATCH}, N = {STATE}, complex64, time-invariant λ; per-example functions "
         "vmapped over batch-major data. Medians after warm-up, milliseconds.",
         "",
+    ]
+    if png:
+        out += [
+            image(png, "forward and forward+backward time against sequence length, log-log, "
+                  "for each strategy, the common form and the memory floor"),
+            "",
+        ]
+    out += [
         "## Forward",
         "",
     ]
@@ -173,6 +201,11 @@ def run(args) -> int:
         + (f" --lengths {' '.join(map(str, lengths))}" if args.lengths else "")
         + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
     )
-    text = report(rows, floors, machine, command)
+    png = None
+    if args.out:
+        png = str(pathlib.Path(args.out).with_suffix(".png"))
+        plot(rows, floors, pathlib.Path(png))
+        print(f"Wrote {png}")
+    text = report(rows, floors, machine, command, png)
     emit_report(text, args.out)
     return 0

@@ -18,6 +18,7 @@ per feature, a depthwise convolution).
 """
 
 import dataclasses
+import pathlib
 
 import equinox as eqx
 import jax
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 
 import recurrax
 
+from ._figures import bars, image
 from ._timing import compiled_peak_bytes, emit_report, Machine, markdown_table, median_time, mib, ms
 
 
@@ -160,7 +162,18 @@ def measure_choice(lengths=CHOICE_LENGTHS, repeats: int = 5, log=print) -> list[
     return rows
 
 
-def report(rows, choice, machine: Machine, command: str) -> str:
+def plot(rows, path: pathlib.Path) -> pathlib.Path:
+    """Forward and forward+backward time of every implementation, as bars."""
+    return bars(
+        {r.name: {"forward": 1e3 * r.forward, "forward + backward": 1e3 * r.backward}
+         for r in rows},
+        path,
+        xlabel="milliseconds (median after warm-up)",
+        title=f"LRU layer: H = {INPUT}, N = {STATE}, L = {rows[0].length}, batch {BATCH}",
+    )
+
+
+def report(rows, choice, machine: Machine, command: str, png: str | None = None) -> str:
     by = {r.name: r for r in rows}
     length = rows[0].length
     out = [
@@ -173,6 +186,9 @@ def report(rows, choice, machine: Machine, command: str) -> str:
         "warm-up, milliseconds; peak memory is XLA's compiled figure for forward+backward.",
         "",
     ]
+    if png:
+        out += [image(png, "forward and forward+backward time of each LRU implementation, "
+                           "as horizontal bars"), ""]
     table = []
     for r in rows:
         table.append(
@@ -229,5 +245,10 @@ def run(args) -> int:
         + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
         + (" --no-choice" if args.no_choice else "")
     )
-    emit_report(report(rows, choice, machine, command), args.out)
+    png = None
+    if args.out:
+        png = str(pathlib.Path(args.out).with_suffix(".png"))
+        plot(rows, pathlib.Path(png))
+        print(f"Wrote {png}")
+    emit_report(report(rows, choice, machine, command, png), args.out)
     return 0
