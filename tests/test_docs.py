@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from html import unescape
 
 import pytest
 
@@ -144,6 +145,32 @@ def test_every_public_name_has_an_api_entry(site):
     html = "".join(path.read_text() for path in (site / "api").rglob("*.html"))
     for name in _public_names():
         assert f'id="recurrax.{name}"' in html, name
+
+
+_JAXTYPING_SUBSCRIPT = re.compile(
+    r"\b(?:Float|Inexact|Complex|Int|Bool|Shaped|Real|Num|Key|UInt|Integer)\[([^\[\]]*)\]"
+)
+
+
+def test_api_shape_annotations_are_the_strings_the_source_has(site):
+    # Griffe would parse "length *state" as the expression `length * state`, "..." as `...`,
+    # and show a string that does not parse as '*state'; docs/_hooks/griffe_public.py keeps
+    # each as written, so every shape reads the same way.
+    engine = unescape(re.sub(r"<[^>]+>", "", _page(site, "api/engine")))
+    assert 'b: Inexact[ArrayLike, "length *state"]' in engine
+    assert '-> Inexact[Array, "length *state"]' in engine
+    assert 'resets: Bool[ArrayLike, " length"]' in engine
+    layers = unescape(re.sub(r"<[^>]+>", "", _page(site, "api/layers")))
+    assert 'init_state() -> Inexact[Array, "*state"]' in layers
+    shapes = 0
+    for path in (site / "api").rglob("*.html"):
+        for signature in re.findall(r'<div class="doc-signature.*?</pre>', path.read_text(), re.S):
+            text = unescape(re.sub(r"<[^>]+>", "", signature))
+            assert "length * state" not in text, (path, text)
+            for arguments in _JAXTYPING_SUBSCRIPT.findall(text):
+                shapes += 1
+                assert re.fullmatch(r'[\w.]+, "[^"\']*"', arguments), (path, arguments, text)
+    assert shapes > 100, shapes
 
 
 def test_every_page_is_in_the_nav():
