@@ -39,6 +39,7 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 BROWSER_PAGES = {
     "": True,
     "quickstart/": False,
+    "concepts/": True,
     "concepts/diagonal-systems/": True,
     "concepts/engine/": True,
     "concepts/ssm-to-lru/": True,
@@ -171,6 +172,22 @@ def test_api_shape_annotations_are_the_strings_the_source_has(site):
                 shapes += 1
                 assert re.fullmatch(r'[\w.]+, "[^"\']*"', arguments), (path, arguments, text)
     assert shapes > 100, shapes
+
+
+def test_every_test_the_site_names_exists():
+    """`tests/FILE.py::NAME` on a page (the Theory page, known mistakes) names a real test."""
+    cited = {}
+    for page in (ROOT / "docs").rglob("*.md"):
+        for file, name in re.findall(r"\b(tests/[\w/]+\.py)::(\w+)", page.read_text()):
+            cited.setdefault((file, name), page.relative_to(ROOT).as_posix())
+    assert len(cited) > 50, cited  # the Theory page alone names more
+    missing = {
+        f"{file}::{name}": page
+        for (file, name), page in cited.items()
+        if not (ROOT / file).is_file()
+        or not re.search(rf"^def {name}\(", (ROOT / file).read_text(), re.M)
+    }
+    assert not missing, f"pages name tests that do not exist: {missing}"
 
 
 def test_every_page_is_in_the_nav():
