@@ -1,11 +1,25 @@
 import os
 import random
+import shutil
+import tempfile
 
-import hypothesis
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+
+# One persistent XLA compilation cache per test run, shared by the pytest-xdist workers and by
+# the subprocesses the tests start (they inherit the environment): many tests build the same
+# models and compile the same programs, and every restart of a killed training run compiles its
+# step again. The cache is keyed by the program and the JAX version, so a hit returns the
+# executable a compilation would have produced. Removed when the run ends.
+# (pytest-xdist's workers are started by the controller with its environment, so they all see
+# the controller's directory.)
+_CACHE_DIR = os.path.join(tempfile.gettempdir(), f"recurrax-tests-xla-cache-{os.getpid()}")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE_DIR)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import hypothesis  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 # Numerical checks run in float64 where they ask for it; promotion must always be explicit.
@@ -47,6 +61,15 @@ def rng():
 def long_length():
     """Length for the slow accuracy checks: 65,536 with RECURRAX_FULL=1, else bounded."""
     return 65_536 if os.environ.get("RECURRAX_FULL") else 8_192
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's compilation cache goes with it (only the controller, or a run without
+    workers, removes it; a cache directory the user chose is left alone)."""
+    if not hasattr(session.config, "workerinput") and os.environ["JAX_COMPILATION_CACHE_DIR"] == (
+        _CACHE_DIR
+    ):
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 def pytest_report_header(config):

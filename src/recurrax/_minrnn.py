@@ -140,8 +140,8 @@ class MinGRU(_AbstractMinRNN):
     $\log z = -\operatorname{softplus}(-k)$ and `log_g` (the paper's parallel mode);
     `log_space=False` through [`recurrax.linear_recurrence`][] with $1 - z = \sigma(-k)$.
     Both accept every scan strategy as `method`. The default is the linear space: in float32
-    it is as accurate as the log space here and faster (`docs/results/accuracy-minrnn.md`,
-    `docs/results/speed-minrnn.md`).
+    it is as accurate as the log space here and faster ([accuracy](../results/accuracy-minrnn.md),
+    [speed](../results/speed-minrnn.md)).
 
     **Fields:** `linear_z`, `linear_h`: `eqx.nn.Linear(input_size, hidden_size)`. Parameters:
     $2 d_h (d_x + 1)$.
