@@ -51,8 +51,8 @@ from ._timing import emit_report, Machine, markdown_table, median_time, mib, ms
 LRU_LENGTHS = (1024, 4096)
 LRU_BATCH, LRU_DEPTH, LRU_WIDTH, LRU_STATE, LRU_CLASSES, LRU_VOCAB = 16, 6, 128, 256, 10, 16
 # The minRNN paper's selective copying: V = 16, K = 16, 3 layers, d_model 64, expansion 6,
-# batch 64. The paper's L is 4096; on a CPU one step at L = 4096 costs seconds, so the default
-# is L = 1024 (the step is linear in L: the ratio is what is compared).
+# batch 64. The paper's L is 4096; the default is L = 1024, a quarter of the work per step
+# (every implementation is O(L)), so that a CPU run's repeats fit in minutes.
 COPY_LENGTHS = (1024,)
 COPY_BATCH, COPY_DEPTH, COPY_WIDTH, COPY_EXPANSION, COPY_VOCAB, COPY_TOKENS = 64, 3, 64, 6, 16, 16
 LEARNING_RATE, WEIGHT_DECAY = 1e-3, 0.05
@@ -630,8 +630,9 @@ def report(
             "skip; no convolution, no MLP), a final LayerNorm, a per-token head over the "
             f"{COPY_VOCAB - 2} data tokens, cross-entropy at the marker positions; batch "
             f"{COPY_BATCH}. The paper's L is 4096; the default here is "
-            f"L = {COPY_LENGTHS[0]}, a step that a 2-core CPU runs in about a second, "
-            "so that repeats fit in minutes (`--copy-lengths 4096` runs the paper's). "
+            f"L = {COPY_LENGTHS[0]}, a quarter of the work per step, so that the repeats of "
+            "a CPU run fit in minutes (every implementation here costs O(L) work per step; "
+            "`--copy-lengths 4096` runs the paper's length). "
             "Direct: one projection to (candidate, gate) per example, then either the "
             "log-space form of the public minGRU code (h_0 = 0: log h = a* + "
             "cumlogsumexp(log z + log g(h̃) − a*), a* = cumsum(−softplus(k))) or "
