@@ -119,6 +119,7 @@ def test_speed_model_command_writes_its_tables(tmp_path):
                  speed_model.DIRECT_ASSOC):
         assert f"| {name} | 16 |" in text
     assert text.count("| recurrax | 16 |") == 2
+    assert f"| {speed_model.FLOOR} | 16 |" in text and "- L = 16: the recurrence" in text
     command = ("python -m experiments speed model --lengths 16 --copy-lengths 16 "
                "--lru-depth 1 --copy-depth 1 --repeats 1")
     assert f"`{command}`" in text
