@@ -527,7 +527,8 @@ def measure_sides(model: str, length: int, sides: list[Side], repeats: int, log=
         rows.append(Row(model, side.name, length, t, peak, value, diff))
         log(
             f"  {model:6s} L={length:5d}  {side.name:48s} step {ms(t):>9s} ms   "
-            f"peak {mib(peak):>6s} MiB   loss {value:.6f} (|Δ| {diff:.1e})"
+            f"peak {mib(peak):>6s} MiB   loss {value:.6f} "
+            + (f"(|Δ| {diff:.1e})" if side.checked else "(not the same model: not checked)")
         )
     return rows
 
