@@ -1,6 +1,6 @@
 """The command line, `python -m experiments`: `list`, `run TASK --model MODEL`,
 `campaign NAME`, `extrapolate RUN_FOLDER`, `report`,
-`speed {engine,lru,minrnn,nonlinear,resets,packing}`, `accuracy {engine,minrnn}`."""
+`speed {engine,lru,minrnn,model,nonlinear,resets,packing}`, `accuracy {engine,minrnn}`."""
 
 import argparse
 import hashlib
@@ -365,6 +365,24 @@ def parser() -> argparse.ArgumentParser:
     minrnn.add_argument(
         "--out", default="docs/results/speed-minrnn.md", help="markdown file (PNG beside it)"
     )
+    whole = which.add_parser(
+        "model",
+        help="a whole training step of the LRU paper's model and a minGRU selective-copying "
+        "model against direct JAX implementations of the same models",
+    )
+    whole.add_argument(
+        "--lengths", type=int, nargs="+", help="LRU model lengths (default 1024 4096)"
+    )
+    whole.add_argument(
+        "--copy-lengths", type=int, nargs="+",
+        help="minGRU selective-copying lengths L (default 1024; the paper's is 4096)",
+    )
+    whole.add_argument("--lru-depth", type=int, default=6, help="LRU model blocks")
+    whole.add_argument("--copy-depth", type=int, default=3, help="minGRU model blocks")
+    whole.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    whole.add_argument(
+        "--out", default="docs/results/speed-model.md", help="markdown file (PNG beside it)"
+    )
     nonlinear = which.add_parser(
         "nonlinear",
         help="a GRU evaluated in parallel by (quasi-)DEER against the sequential GRU, minGRU "
@@ -438,6 +456,10 @@ def main(argv=None) -> int:
         from . import speed_minrnn
 
         return speed_minrnn.run(args)
+    if args.command == "speed" and args.which == "model":
+        from . import speed_model
+
+        return speed_model.run(args)
     if args.command == "speed" and args.which == "nonlinear":
         from . import speed_nonlinear
 

@@ -105,6 +105,56 @@ def test_speed_minrnn_command_writes_table_and_plot(tmp_path):
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_speed_model_command_writes_its_tables(tmp_path):
+    from experiments import speed_model
+
+    out = tmp_path / "model.md"
+    args = ["speed", "model", "--lengths", "16", "--copy-lengths", "16", "--lru-depth", "1",
+            "--copy-depth", "1", "--repeats", "1", "--out", str(out)]
+    assert main(args) == 0
+    text = out.read_text()
+    assert "## The LRU paper's model (LRA-like shape)" in text
+    assert "## minGRU at the minRNN paper's selective-copying shape" in text
+    for name in (speed_model.RECURRAX, speed_model.DIRECT_LRU, speed_model.DIRECT_LOG,
+                 speed_model.DIRECT_ASSOC):
+        assert f"| {name} | 16 |" in text
+    assert text.count("| recurrax | 16 |") == 2
+    assert f"| {speed_model.FLOOR} | 16 |" in text and "- L = 16: the recurrence" in text
+    command = ("python -m experiments speed model --lengths 16 --copy-lengths 16 "
+               "--lru-depth 1 --copy-depth 1 --repeats 1")
+    assert f"`{command}`" in text
+    png = out.with_suffix(".png")
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("model", ["lru", "mingru"])
+def test_speed_model_direct_models_compute_recurrax_loss(model):
+    """The direct JAX models with the recurrax model's parameters: the same loss at step 0
+    and, after one AdamW update of each side's own gradient, at step 1 (float64, so any
+    mis-mapped parameter, norm or gradient shows far above rounding)."""
+    from experiments import speed_model
+
+    small = dict(depth=1, batch=4, d_model=8, param_dtype="float64")
+    if model == "lru":
+        sides = speed_model.lru_sides(24, state_size=6, **small)
+    else:
+        sides = speed_model.copy_sides(24, expansion=3, **small)
+    by_step = []
+    for step in range(2):
+        losses = [float(side()[3]) for side in sides]
+        assert all(np.isfinite(losses)), losses
+        for side, value in zip(sides[1:], losses[1:]):
+            assert abs(value - losses[0]) < 1e-12 * max(1.0, abs(losses[0])), (
+                step, side.name, value, losses[0])
+        by_step.append(losses[0])
+    assert abs(by_step[1] - by_step[0]) > 1e-6  # the update moved the model
+    if model == "lru":  # BatchNorm's running statistics follow the same updates
+        ours = speed_model.lru_direct_state(*sides[0].carry[:2])
+        for (m1, v1), (m2, v2) in zip(ours, sides[1].carry[1]):
+            assert jnp.allclose(m1, m2, rtol=1e-12, atol=1e-12)
+            assert jnp.allclose(v1, v2, rtol=1e-12, atol=1e-12)
+
+
 def test_accuracy_minrnn_reference_and_command(tmp_path):
     import jax
 
