@@ -391,6 +391,10 @@ def parser() -> argparse.ArgumentParser:
     nonlinear.add_argument("--lengths", type=int, nargs="+", help="sequence lengths to time")
     nonlinear.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     nonlinear.add_argument(
+        "--trained-max-length", type=int, default=4096,
+        help="time the trained GRU's quasi-DEER solve up to this length (default 4096)",
+    )
+    nonlinear.add_argument(
         "--train-steps", type=int, default=600,
         help="training steps of the digits comparison (0: skip it and the trained GRU)",
     )

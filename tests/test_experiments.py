@@ -20,6 +20,8 @@ def test_speed_engine_command_writes_its_tables(tmp_path, capsys):
         assert f"| {name} |" in text
     assert "memory floor" in text and "speed-up, forward+backward" in text
     assert "python -m experiments speed engine --lengths 32 --repeats 1" in text
+    assert "![forward and forward+backward time" in text and "(speed.png)" in text
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_common_form_computes_the_same_states():
@@ -60,7 +62,20 @@ def test_float32_accuracy_at_long_length(long_length):
 def test_accuracy_command_writes_its_table(tmp_path):
     out = tmp_path / "acc.md"
     assert main(["accuracy", "engine", "--length", "256", "--out", str(out)]) == 0
-    assert "| strong decay | log_linear_recurrence | ChunkedScan |" in out.read_text()
+    text = out.read_text()
+    assert "| strong decay | log_linear_recurrence | ChunkedScan |" in text
+    # Below the figure's lengths there is one length: no figure, no length table.
+    assert "Error against length" not in text and not out.with_suffix(".png").exists()
+
+
+def test_accuracy_command_draws_error_against_length(tmp_path, monkeypatch):
+    monkeypatch.setattr(accuracy_engine, "CURVE_LENGTHS", (64, 128))
+    out = tmp_path / "acc.md"
+    assert main(["accuracy", "engine", "--length", "256", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Error against length" in text and "(acc.png)" in text
+    assert "| regime | solver | strategy | L = 64 | L = 128 | L = 256 |" in text
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_speed_lru_command_writes_its_tables(tmp_path):
@@ -233,6 +248,42 @@ def test_run_writes_a_report_and_report_gathers(tmp_path, capsys):
     assert sorted((r["run"], r["steps"]) for r in rows) == [("elsewhere", 12), ("run", 12)]
     page = (tmp_path / "table.md").read_text()
     assert "| 1 | – | lru | 2 | 12 |" in page and "| 2 | – | mingru | 2 | 12 |" in page
+    # The run's test accuracy at each evaluation is kept, and drawn beside its task's table.
+    assert [step for step, _ in rows[1]["curve"]] == [6, 12]
+    assert "(table-digits.png)" in page and (tmp_path / "table-digits.png").stat().st_size
+
+
+def _row(run, model, seed, value, curve=()):
+    return {"run": run, "task": "mnist1d", "options": "", "model": model, "depth": 2,
+            "steps": 10, "seed": seed, "metric": "test_accuracy", "value": value,
+            "baseline": {"metric": "accuracy", "value": 0.1}, "paper": "GRU 91 %",
+            "command": f"python -m experiments run mnist1d --model {model} --seed {seed}",
+            "curve": [list(point) for point in curve]}
+
+
+def test_results_page_gathers_seeds_and_draws_curves_and_extrapolation(tmp_path):
+    from experiments import report
+
+    data = {
+        "runs": [_row("a0", "lru", 0, 0.90, [(5, 0.5), (10, 0.9)]),
+                 _row("a1", "lru", 1, 0.80, [(5, 0.4), (10, 0.8)]),
+                 _row("b0", "mingru", 0, 0.70)],
+        "extrapolation": [{"run": "a0", "task": "induction_heads", "model": "lru",
+                           "trained_at": 64, "commands": ["python -m experiments extrapolate a0"],
+                           "results": {"64": {"accuracy": 1.0, "examples": 8},
+                                       "256": {"accuracy": 0.5, "examples": 8}}}],
+    }
+    page = report.render(data, figures=tmp_path / "results.md")
+    # Two seeds of one model share a row: the mean and the sample standard deviation.
+    assert "| 1–2 | – | lru | 2 | 10 | 85 ± 7.1 % (2 seeds) |" in page
+    assert "| 3 | – | mingru | 2 | 10 | 70.0 % |" in page
+    assert page.count("Published: GRU 91 %.") == 1
+    assert "    3. `python -m experiments run mnist1d --model mingru --seed 0`" in page
+    assert "(results-mnist1d.png)" in page and (tmp_path / "results-mnist1d.png").exists()
+    assert "(results-induction-heads-extrapolation.png)" in page
+    assert (tmp_path / "results-induction-heads-extrapolation.png").exists()
+    # Without a figures path nothing is drawn.
+    assert ".png" not in report.render(data)
 
 
 def test_lru_report_plots_eigenvalues(tmp_path):
