@@ -303,11 +303,24 @@ def _commands(title: str, commands: list[str]) -> list[str]:
     return lines + [""]
 
 
+def _without_seed(command: str) -> tuple[str, ...]:
+    """The command's words without `--seed N` and `--out FOLDER` (and their `=` forms)."""
+    words, kept, skip = shlex.split(command), [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("--seed", "--out"):
+            skip = True
+        elif not word.startswith(("--seed=", "--out=")):
+            kept.append(word)
+    return tuple(kept)
+
+
 def _groups(rows: list[dict]) -> list[list[dict]]:
-    """Rows that differ only in their seed, together (in order)."""
+    """Rows whose commands differ only in their seed (and run folder), together, in order."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["options"], r["model"], r["depth"], r["steps"])
+        key = (r["options"], r["model"], r["depth"], r["steps"], _without_seed(r["command"]))
         groups.setdefault(key, []).append(r)
     return list(groups.values())
 

@@ -277,6 +277,11 @@ def test_results_page_gathers_seeds_and_draws_curves_and_extrapolation(tmp_path)
     # Two seeds of one model share a row: the mean and the sample standard deviation.
     assert "| 1–2 | – | lru | 2 | 10 | 85 ± 7.1 % (2 seeds) |" in page
     assert "| 3 | – | mingru | 2 | 10 | 70.0 % |" in page
+    # Runs whose commands differ in more than the seed keep their own rows.
+    other = dict(data["runs"][1], command=data["runs"][1]["command"] + " --lr 1e-3")
+    apart = report.render(dict(data, runs=[data["runs"][0], other, data["runs"][2]]))
+    assert "| 1 | – | lru | 2 | 10 | 90.0 % |" in apart
+    assert "| 2 | – | lru | 2 | 10 | 80.0 % |" in apart
     assert page.count("Published: GRU 91 %.") == 1
     assert "    3. `python -m experiments run mnist1d --model mingru --seed 0`" in page
     assert "(results-mnist1d.png)" in page and (tmp_path / "results-mnist1d.png").exists()
