@@ -53,13 +53,37 @@ layer.recurrent_fields}` (read-only; e.g. [`recurrax.LRU`][]: `nu_log`, `theta_l
 `gamma_log`, `B_re`, `B_im`). Layers declare their own (the class variable
 `recurrent_fields` of [`recurrax.AbstractMixer`][]), and [`recurrax.param_labels`][] reads
 the declarations; this table is kept for code written before, e.g.
-`recurrent_fields={**RECURRENT_FIELDS, MyLayer: {"a_log"}}`, which still works."""
+`recurrent_fields={**RECURRENT_FIELDS, MyLayer: {"a_log"}}`, which still works.
+
+!!! example
+
+    ```python
+    import recurrax
+
+    assert "nu_log" in recurrax.RECURRENT_FIELDS[recurrax.LRU]
+    assert recurrax.RECURRENT_FIELDS[recurrax.LRU] == recurrax.LRU.recurrent_fields
+    ```
+"""
 
 NO_DECAY_TYPES: tuple[type, ...] = (eqx.nn.GRUCell, eqx.nn.LSTMCell)
 """Equinox's own recurrent cells, all of whose parameters form the `"no_decay"` group (as the
 recurrax mixers that declare `no_weight_decay`: minGRU, minLSTM, GRU, LSTM and every
 [`recurrax.AbstractRecurrentLayer`][] without `recurrent_fields`). Extend it for other
-layers that cannot declare `no_weight_decay` themselves."""
+layers that cannot declare `no_weight_decay` themselves.
+
+!!! example
+
+    ```python
+    import equinox as eqx
+    import jax
+    import recurrax
+
+    cell = eqx.nn.GRUCell(2, 3, key=jax.random.key(0))
+    labels = recurrax.param_labels(cell)
+    assert labels.weight_ih == "no_decay"
+    assert isinstance(cell, recurrax.NO_DECAY_TYPES)
+    ```
+"""
 
 
 def _field_name(path: tuple) -> str | None:
