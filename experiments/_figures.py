@@ -17,6 +17,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 Series = Mapping[str, Sequence[tuple[float, float]]]
 
 
+def _save(fig, path) -> pathlib.Path:
+    """Lay out, write the PNG (creating its folder) and free the figure."""
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def line_panels(
     panels: Sequence[tuple[str, Series]],
     path: pathlib.Path,
@@ -54,12 +64,7 @@ def line_panels(
         ax.set_ylabel(ylabel + (" (%)" if percent else ""))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def bars(
@@ -85,12 +90,7 @@ def bars(
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def image(path: pathlib.Path | str, alt: str) -> str:
