@@ -29,7 +29,16 @@ def compiled_peak_bytes(jitted, *args) -> int | None:
     """XLA's own figure for a compiled function: temporary buffers plus outputs, in bytes
     (arguments excluded). `None` when the backend does not report it."""
     try:
-        analysis = jitted.lower(*args).compile().memory_analysis()
+        compiled = jitted.lower(*args).compile()
+    except Exception:  # pragma: no cover - backend that cannot compile ahead of time
+        return None
+    return peak_bytes(compiled)
+
+
+def peak_bytes(compiled) -> int | None:
+    """`compiled_peak_bytes` of a program already compiled (`jax.jit(f).lower(...).compile()`)."""
+    try:
+        analysis = compiled.memory_analysis()
     except Exception:  # pragma: no cover - backend without memory analysis
         return None
     if analysis is None:  # pragma: no cover
