@@ -35,6 +35,16 @@ def _adding(variant: list[str]) -> list[list[str]]:
                     "--init-from", folder]]
 
 
+def _in_hawk_block(task: str) -> list[str]:
+    """`--model-set` options that put the LRU in the block the RG-LRU gets on `task`: Hawk's
+    block with RMSNorm and a final norm, a width-4 convolution, and Hawk's gated MLP (width
+    3) except on selective copying, whose preset has no MLP for any model."""
+    options = ["block=hawk", "norm=rms", "final_norm=true", "conv_kernel=4"]
+    if task != "selective_copying":
+        options.append("mlp_expansion=3")
+    return [flag for option in options for flag in ("--model-set", option)]
+
+
 CAMPAIGNS: dict[str, list[list[str]]] = {
     # minRNN paper, selective copying: the depth trend at 1, 2 and 3 layers.
     "selective-copying": [
@@ -93,16 +103,20 @@ CAMPAIGNS: dict[str, list[list[str]]] = {
     # batch 32 on this shared CPU). Every model but the LRU (whose GLU block has none) gets a
     # width-4 causal convolution before its recurrence, as in Hawk's and Mamba's blocks.
     # Own run folders (`--out`): other campaigns train the same task and model longer.
+    # The last row of each task is the control: the LRU inside the RG-LRU's own Hawk block
+    # (RMSNorm, the convolution, the gated MLP where the task's preset has one), so that
+    # only the transition differs from the RG-LRU row.
     "input-dependent": [
         [task, "--model", model, "--steps", "400", "--lr", lr, "--eval-every", "200", *extra,
-         "--out", f"runs/{task}-{model}-steps400-d2-s0"]
+         "--out", f"runs/{task}-{name}-steps400-d2-s0"]
         for task, lr in (("selective_copying", "3e-3"), ("induction_heads", "5e-3"),
                          ("mqar", "3e-3"))
-        for model, extra in (
-            ("lru", []),
-            ("mingru", ["--model-set", "conv_kernel=4"]),
-            ("rglru", ["--model-set", "conv_kernel=4"]),
-            ("selective-ssm", ["--model-set", "conv_kernel=4"]),
+        for name, model, extra in (
+            ("lru", "lru", []),
+            ("mingru", "mingru", ["--model-set", "conv_kernel=4"]),
+            ("rglru", "rglru", ["--model-set", "conv_kernel=4"]),
+            ("selective-ssm", "selective-ssm", ["--model-set", "conv_kernel=4"]),
+            ("lru-hawk", "lru", _in_hawk_block(task)),
         )
     ],
     "listops": [["listops", "--model", model] for model in MODELS],
