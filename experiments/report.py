@@ -43,7 +43,7 @@ MNIST1D_NUMBERS = {
 }
 PAPER_NUMBERS.update(
     {(task, model): text for task, text in MNIST1D_NUMBERS.items()
-     for model in ("lru", "ssm", "mingru", "minlstm", "gru", "lstm")}
+     for model in recurrax.registered_mixers()}
 )
 
 
