@@ -355,7 +355,18 @@ def _label(group: list[dict]) -> str:
 
 def plot_task_curves(rows: list[dict], path: pathlib.Path) -> pathlib.Path | None:
     """Test metric against step of every row with a recorded curve, all models on one axes
-    (the mean over seeds at each evaluated step). `None` when no row has a curve."""
+    (the mean over seeds at each evaluated step). A run started from another run of the
+    table (`--init-from`, a curriculum stage) continues that run's steps: its curve is drawn
+    after the origin's last step. `None` when no row has a curve."""
+    by_run = {r["run"]: r for r in rows}
+
+    def offset(row: dict) -> int:
+        """The steps of the runs this one continues (0 for a run from scratch)."""
+        _, sep, origin = row["options"].rpartition("from ")
+        if not sep or origin not in by_run or origin == row["run"]:
+            return 0
+        return by_run[origin]["steps"] + offset(by_run[origin])
+
     series = {}
     for group in _groups(rows):
         curves = [dict((int(s), v) for s, v in r.get("curve") or []) for r in group]
@@ -363,7 +374,12 @@ def plot_task_curves(rows: list[dict], path: pathlib.Path) -> pathlib.Path | Non
         if not curves:
             continue
         steps = sorted(set.intersection(*(set(c) for c in curves)))
-        series[_label(group)] = [(s, float(np.mean([c[s] for c in curves]))) for s in steps]
+        start = offset(group[0])
+        label = _label(group)
+        if start:
+            _, _, origin = group[0]["options"].rpartition("from ")
+            label = label.replace(f"from {origin}", f"after the {start} steps above")
+        series[label] = [(start + s, float(np.mean([c[s] for c in curves]))) for s in steps]
     if not series:
         return None
     mse = rows[0]["metric"] == "test_mse"

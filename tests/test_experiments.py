@@ -291,6 +291,24 @@ def test_results_page_gathers_seeds_and_draws_curves_and_extrapolation(tmp_path)
     assert ".png" not in report.render(data)
 
 
+def test_learning_curves_continue_a_curriculum(tmp_path, monkeypatch):
+    from experiments import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "line_panels", lambda panels, path, **kw: drawn.update(panels))
+    short = dict(_row("short", "lru", 0, 0.5, [(2, 0.2), (4, 0.5)]), options="length=200",
+                 steps=4)
+    long = dict(_row("long", "lru", 0, 0.9, [(3, 0.7), (6, 0.9)]),
+                options="length=1000, from short", steps=6,
+                command="python -m experiments run mnist1d --init-from runs/short")
+    report.plot_task_curves([short, long], tmp_path / "curves.png")
+    # The second stage's evaluations are drawn after the first stage's 4 steps.
+    assert drawn["mnist1d"] == {
+        "lru, depth 2, length=200": [(2, 0.2), (4, 0.5)],
+        "lru, depth 2, length=1000, after the 4 steps above": [(7, 0.7), (10, 0.9)],
+    }
+
+
 def test_lru_report_plots_eigenvalues(tmp_path):
     out = tmp_path / "run"
     args = ["run", "adding", "--model", "lru", "--steps", "4", "--eval-every", "4"]
