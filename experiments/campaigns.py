@@ -76,6 +76,13 @@ CAMPAIGNS: dict[str, list[list[str]]] = {
             ("mingru", ["--variant", "signed-mingru"]),
         )
     ],
+    # The same runs four times longer, evaluated every 500 steps: does the gap to the
+    # paper's 2- and 3-layer numbers (96.8 / 99.5 % for minGRU) close with steps?
+    "selective-copying-long": [
+        ["selective_copying", "--model", "mingru", "--depth", str(depth), "--steps", "6000",
+         "--eval-every", "500", "--out", f"runs/selective_copying-mingru-steps6000-d{depth}-s0"]
+        for depth in (3, 2)
+    ],
     # Induction heads (Mamba §4.1.2, which trains at L = 256): trained at L = 64 (the small
     # preset) and read at 2^6 ... 2^20 by `extrapolate` (chunks of 8192 steps with carried
     # state; EXTRAPOLATIONS below). The minimal RNNs get a causal convolution of width 4
