@@ -215,6 +215,12 @@ def summary_row(run: pathlib.Path, summary: dict) -> dict:
         "metric": metric,
         "value": summary["final"].get(metric),
         "curve": curve,
+        # `--eval-length L`: the same metric on test sequences of length exactly L.
+        "lengths": {
+            key.rpartition("@")[2]: value
+            for key, value in summary["final"].items()
+            if key.startswith(metric + "@") and value is not None
+        },
         "baseline": summary["baseline"],
         "paper": summary["paper"],
         "command": summary["environment"]["command"],
@@ -411,6 +417,36 @@ def plot_extrapolation(rows: list[dict], path: pathlib.Path) -> pathlib.Path:
     )
 
 
+def _length_lines(groups: list[list[dict]], figures: pathlib.Path | None, task: str,
+                  name: str) -> list[str]:
+    """The rows evaluated at other lengths (`--eval-length`): a table, one row per length
+    and one column per row of the task's table, and the same as a figure."""
+    groups = [g for g in groups if g[0].get("lengths")]
+    if not groups:
+        return []
+    lengths = sorted({int(n) for g in groups for r in g for n in r["lengths"]})
+    columns = {_label(g): {int(n): float(np.mean([r["lengths"][n] for r in g
+                                                  if n in r["lengths"]]))
+                           for n in {n for r in g for n in r["lengths"]}}
+               for g in groups}
+    metric = groups[0][0]["metric"]
+    lines = ["", f"At other lengths (`--eval-length`; {name} on test sequences of exactly "
+                 "that length):", ""]
+    if figures is not None:
+        png = figures.with_name(f"{figures.stem}-{_slug(task)}-lengths.png")
+        line_panels([(f"{task}: {name} against test length", {
+            label: sorted(values.items()) for label, values in columns.items()})],
+            png, xlabel="test sequence length", ylabel=name, ylog=False,
+            percent=metric != "test_mse")
+        lines += [image(png, f"{task}: {name} against test sequence length for each model"),
+                  ""]
+    lines += ["| length | " + " | ".join(columns) + " |", "|---:|" + "---:|" * len(columns)]
+    for n in lengths:
+        lines.append(f"| {n:,} | " + " | ".join(_shown(values.get(n), metric)
+                                                  for values in columns.values()) + " |")
+    return lines
+
+
 def render(data: dict, figures: pathlib.Path | None = None) -> str:
     """The results page (markdown) from `results_data`: one small table per task, the
     command of every row in a numbered list beside it, the published numbers once per task.
@@ -462,6 +498,7 @@ def render(data: dict, figures: pathlib.Path | None = None) -> str:
             if plot_task_curves(rows, png) is not None:
                 lines += ["", image(png, f"{task}: {name} against training step for each "
                                          "model of the table (mean over seeds)")]
+        lines += _length_lines(groups, figures, task, name)
         lines += _commands(f"Commands ({task})", [r["command"] for g in groups for r in g])
     if data["extrapolation"]:
         lines += [

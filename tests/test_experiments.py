@@ -309,6 +309,36 @@ def test_learning_curves_continue_a_curriculum(tmp_path, monkeypatch):
     }
 
 
+def test_results_page_shows_accuracy_at_other_lengths(tmp_path):
+    from experiments import report
+
+    rows = [dict(_row("p0", "lru", 0, 0.9), lengths={"64": 0.8, "128": 0.6}),
+            dict(_row("p1", "lru", 1, 0.8), lengths={"64": 0.6, "128": 0.4}),
+            _row("q0", "mingru", 0, 0.7)]
+    page = report.render({"runs": rows, "extrapolation": []}, figures=tmp_path / "results.md")
+    # One column per row of the task's table that was evaluated at other lengths (the mean
+    # over seeds), one line per length; the figure beside it.
+    assert "| length | lru, depth 2 |" in page
+    assert "| 64 | 70.0 % |" in page and "| 128 | 50.0 % |" in page
+    assert "(results-mnist1d-lengths.png)" in page
+    assert (tmp_path / "results-mnist1d-lengths.png").stat().st_size
+    # A run that was not evaluated at other lengths adds no such table.
+    assert "| length |" not in report.render({"runs": rows[2:], "extrapolation": []})
+
+
+def test_summary_row_keeps_the_metric_at_other_lengths(tmp_path):
+    from experiments import report
+
+    summary = {"task": "parity", "model": "lru", "depth": 2, "steps": 10, "paper": None,
+               "final": {"test_accuracy": 0.9, "test_loss": 0.2, "test_accuracy@64": 0.7,
+                         "test_loss@64": 0.5, "test_accuracy@128": None},
+               "config": {"task_options": {}, "seed": 0},
+               "baseline": {"metric": "accuracy", "value": 0.5},
+               "environment": {"command": "python -m experiments run parity --eval-length 64"}}
+    row = report.summary_row(tmp_path, summary)
+    assert row["value"] == 0.9 and row["lengths"] == {"64": 0.7}
+
+
 def test_lru_report_plots_eigenvalues(tmp_path):
     out = tmp_path / "run"
     args = ["run", "adding", "--model", "lru", "--steps", "4", "--eval-every", "4"]
