@@ -74,8 +74,11 @@ class ZeroOrderHold(AbstractDiscretisation):
     $\bar B = (\bar\lambda - 1)\Lambda^{-1} B$.
 
     Exact for an input held constant over each step. The input factor is evaluated as
-    $\Delta \cdot \operatorname{expm1}(\Delta\Lambda) / (\Delta\Lambda)$, which stays accurate
-    for $|\Delta\Lambda| \ll 1$ and equals $\Delta$ at $\Lambda = 0$.
+    $\operatorname{expm1}(\Delta\Lambda) / \Lambda$, which stays accurate for
+    $|\Delta\Lambda| \ll 1$ and equals $\Delta$ at $\Lambda = 0$; for a real step (the usual
+    case) both outputs are computed in real arithmetic from $\Delta\Lambda = x + iy$
+    ($e^x$, $\operatorname{expm1}(x)$, $\sin(y/2)$, $\cos(y/2)$), cheaper than complex
+    exponentials and divisions.
 
     !!! example
 
