@@ -1,6 +1,6 @@
 """The command line, `python -m experiments`: `list`, `run TASK --model MODEL`,
 `campaign NAME`, `extrapolate RUN_FOLDER`, `report`,
-`speed {engine,lru,minrnn,model,nonlinear,resets,packing}`, `accuracy {engine,minrnn}`."""
+`speed {engine,lru,minrnn,model,nonlinear,resets,packing,selective}`, `accuracy {engine,minrnn}`."""
 
 import argparse
 import hashlib
@@ -415,6 +415,19 @@ def parser() -> argparse.ArgumentParser:
     packed.add_argument("--batches", type=int, default=8, help="batches of examples per pass")
     packed.add_argument("--repeats", type=int, default=3, help="timed passes (median)")
     packed.add_argument("--out", default="docs/results/speed-packing.md", help="markdown file")
+    selective = which.add_parser(
+        "selective",
+        help="the selective SSM's training step against the RG-LRU's, part by part, at the "
+        "input-dependent campaign's selective-copying shape",
+    )
+    selective.add_argument("--length", type=int, help="task length L (default: the campaign's)")
+    selective.add_argument("--batch-size", type=int, help="batch (default: the campaign's)")
+    selective.add_argument("--d-model", type=int, help="model width (default: the campaign's)")
+    selective.add_argument("--depth", type=int, help="blocks (default: the campaign's)")
+    selective.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    selective.add_argument(
+        "--out", default="docs/results/speed-selective.md", help="markdown file"
+    )
     accuracy = commands.add_parser("accuracy", help="float32 accuracy measurements")
     which_acc = accuracy.add_subparsers(dest="which", required=True)
     acc = which_acc.add_parser("engine", help="every strategy against a float64 loop")
@@ -476,6 +489,10 @@ def main(argv=None) -> int:
         from . import speed_packing
 
         return speed_packing.run(args)
+    if args.command == "speed" and args.which == "selective":
+        from . import speed_selective
+
+        return speed_selective.run(args)
     if args.command == "accuracy" and args.which == "minrnn":
         from . import accuracy_minrnn
 

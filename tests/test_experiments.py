@@ -1,6 +1,7 @@
 """The experiments package: the speed and accuracy commands run and report what they claim."""
 
 import dataclasses
+import re
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -140,6 +141,28 @@ def test_speed_model_command_writes_its_tables(tmp_path):
     assert f"`{command}`" in text
     png = out.with_suffix(".png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speed_selective_command_writes_its_table(tmp_path):
+    """The campaign's two models at a tiny shape: every component timed for both, ratios
+    and the arithmetic written, and the models are the campaign's (Hawk block, the mixers)."""
+    from experiments import speed_selective
+
+    out = tmp_path / "selective.md"
+    args = ["speed", "selective", "--length", "8", "--batch-size", "2", "--d-model", "4",
+            "--depth", "1", "--repeats", "1", "--out", str(out)]
+    assert main(args) == 0
+    text = out.read_text()
+    assert "| component | RG-LRU ms | selective SSM ms | ratio |" in text
+    for component in speed_selective.COMPONENTS:
+        assert re.search(rf"^\| {re.escape(component)} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+× \|$",
+                         text, re.M), component
+    command = ("python -m experiments speed selective --length 8 --batch-size 2 --d-model 4 "
+               "--depth 1 --repeats 1")
+    assert f"`{command}`" in text and "## The arithmetic" in text
+    config = speed_selective.configure("selective-ssm", ["--d-model", "4"])
+    assert config.model_config["block"] == "hawk" and config.model_config["conv_kernel"] == 4
+    assert config.batch_size == 32 and config.task == "selective_copying"
 
 
 @pytest.mark.parametrize("model", ["lru", "mingru"])
