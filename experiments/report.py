@@ -384,7 +384,9 @@ def plot_task_curves(rows: list[dict], path: pathlib.Path) -> pathlib.Path | Non
         label = _label(group)
         if start:
             _, _, origin = group[0]["options"].rpartition("from ")
-            label = label.replace(f"from {origin}", f"after the {start} steps above")
+            before = by_run[origin]["options"].split("from ")[0].rstrip(", ")
+            label = label.replace(
+                f"from {origin}", f"after {start} steps" + (f" at {before}" if before else ""))
         series[label] = [(start + s, float(np.mean([c[s] for c in curves]))) for s in steps]
     if not series:
         return None

@@ -328,7 +328,7 @@ def test_learning_curves_continue_a_curriculum(tmp_path, monkeypatch):
     # The second stage's evaluations are drawn after the first stage's 4 steps.
     assert drawn["mnist1d"] == {
         "lru, depth 2, length=200": [(2, 0.2), (4, 0.5)],
-        "lru, depth 2, length=1000, after the 4 steps above": [(7, 0.7), (10, 0.9)],
+        "lru, depth 2, length=1000, after 4 steps at length=200": [(7, 0.7), (10, 0.9)],
     }
 
 
