@@ -204,11 +204,16 @@ def summary_row(run: pathlib.Path, summary: dict) -> dict:
         for m in (read_metrics(metrics_file) if metrics_file.exists() else [])
         if "event" not in m and m.get(metric) is not None
     ]
+    # A mixer trained in another block than its own (e.g. the LRU in Hawk's block) says so.
+    model, mixers = summary["model"], recurrax.registered_mixers()
+    block = summary["config"].get("model_config", {}).get("block")
+    if model.split(" ")[0] in mixers and block not in (None, mixers[model.split(" ")[0]].block):
+        model += f" in the {block} block"
     return {
         "run": pathlib.Path(run).name,
         "task": summary["task"],
         "options": options,
-        "model": summary["model"],
+        "model": model,
         "depth": summary["depth"],
         "steps": summary["steps"],
         "seed": summary["config"].get("seed", 0),

@@ -360,6 +360,12 @@ def test_summary_row_keeps_the_metric_at_other_lengths(tmp_path):
                "environment": {"command": "python -m experiments run parity --eval-length 64"}}
     row = report.summary_row(tmp_path, summary)
     assert row["value"] == 0.9 and row["lengths"] == {"64": 0.7}
+    assert row["model"] == "lru"
+    # A mixer trained in another block than its own is named with it.
+    summary["config"]["model_config"] = {"block": "hawk"}
+    assert report.summary_row(tmp_path, summary)["model"] == "lru in the hawk block"
+    summary["config"]["model_config"] = {"block": "glu"}
+    assert report.summary_row(tmp_path, summary)["model"] == "lru"
 
 
 def test_lru_report_plots_eigenvalues(tmp_path):
