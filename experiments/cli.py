@@ -105,6 +105,11 @@ def configure(args) -> tuple[train.RunConfig, pathlib.Path]:
     return config, pathlib.Path(args.out or run_folder(config, args.model_set))
 
 
+def run_config(argv: list[str]) -> train.RunConfig:
+    """The run configuration of a `run` command line (`argv`: the words after `run`)."""
+    return configure(parser().parse_args(["run", *argv]))[0]
+
+
 def _plugin_entry(plugin: str) -> str:
     """A `--plugin` as recorded in `run.json`: a file by its absolute path (a resumed or
     loaded run finds it from any folder), a module by its name."""
@@ -492,7 +497,7 @@ def main(argv=None) -> int:
     if args.command == "speed" and args.which == "selective":
         from . import speed_selective
 
-        return speed_selective.run(args)
+        return speed_selective.run(args, run_config)
     if args.command == "accuracy" and args.which == "minrnn":
         from . import accuracy_minrnn
 

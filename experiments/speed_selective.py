@@ -65,12 +65,12 @@ def campaign_command(model: str) -> list[str]:
     raise KeyError(f"no {TASK} run of {model!r} in the {CAMPAIGN!r} campaign")
 
 
-def configure(model: str, overrides: list[str] = ()) -> train.RunConfig:
+def configure(model: str, overrides: list[str], parse_run) -> train.RunConfig:
     """The run configuration of the campaign's run of `model`, with `overrides` (further
-    `run` options, e.g. `--batch-size 4`) appended to its command line."""
-    from .cli import configure as configure_run, parser
-
-    return configure_run(parser().parse_args(["run", *campaign_command(model), *overrides]))[0]
+    `run` options, e.g. `--batch-size 4`) appended to its command line; `parse_run` turns a
+    `run` command line into its configuration (the command line's own,
+    `experiments.cli.run_config`, passed in so that this module does not import the CLI)."""
+    return parse_run([*campaign_command(model), *overrides])
 
 
 class Parts:
@@ -200,9 +200,10 @@ def overrides(length=None, batch_size=None, d_model=None, depth=None) -> list[st
     return out
 
 
-def measure(options: list[str] = (), repeats: int = 5, log=print) -> Result:
-    """Build both models with the campaign's command plus `options` and time every part."""
-    parts = [Parts(configure(model, options)) for _, model in MODELS]
+def measure(parse_run, options: list[str] = (), repeats: int = 5, log=print) -> Result:
+    """Build both models with the campaign's command plus `options` (`parse_run`: as for
+    `configure`) and time every part."""
+    parts = [Parts(configure(model, list(options), parse_run)) for _, model in MODELS]
     times = {}
     for component in COMPONENTS:
         times[component] = interleaved_medians([p.calls[component] for p in parts], repeats)
@@ -273,11 +274,11 @@ def report(result: Result, machine: Machine, command: str) -> str:
     return "\n".join(out)
 
 
-def run(args) -> int:
+def run(args, parse_run) -> int:
     machine = Machine.here()
     options = overrides(args.length, args.batch_size, args.d_model, args.depth)
     print(f"Selective SSM against RG-LRU, per part of a training step, on {machine.line()}")
-    result = measure(options, args.repeats)
+    result = measure(parse_run, options, args.repeats)
     command = "python -m experiments speed selective" + "".join(
         f" --{flag} {value}"
         for flag, value in (

@@ -160,7 +160,9 @@ def test_speed_selective_command_writes_its_table(tmp_path):
     command = ("python -m experiments speed selective --length 8 --batch-size 2 --d-model 4 "
                "--depth 1 --repeats 1")
     assert f"`{command}`" in text and "## The arithmetic" in text
-    config = speed_selective.configure("selective-ssm", ["--d-model", "4"])
+    from experiments.cli import run_config
+
+    config = speed_selective.configure("selective-ssm", ["--d-model", "4"], run_config)
     assert config.model_config["block"] == "hawk" and config.model_config["conv_kernel"] == 4
     assert config.batch_size == 32 and config.task == "selective_copying"
 
