@@ -5,6 +5,7 @@ import json
 import pathlib
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -554,9 +555,16 @@ def gather(runs: list[pathlib.Path], previous: dict | None = None) -> str:
     return render(results_data(runs, previous))
 
 
+# Runs whose `eigenvalues.png` (initial and trained eigenvalues, drawn by the run itself) the
+# documentation shows: `write_results` copies it beside the page as
+# `<page>-eigenvalues-<run>.png` whenever the run is among those gathered.
+SPECTRA = ("mnist1d-lru-d2-s0",)
+
+
 def write_results(runs: list[pathlib.Path], out: pathlib.Path | None) -> str:
     """The results page over `runs`; with `out`, keep the rows of the JSON file beside it
-    (`out` with the suffix `.json`), then write both the page and the updated JSON."""
+    (`out` with the suffix `.json`), then write both the page and the updated JSON, and copy
+    the eigenvalue figures of the runs named in `SPECTRA` beside the page."""
     if out is None:
         return gather(runs)
     out = pathlib.Path(out)
@@ -567,4 +575,8 @@ def write_results(runs: list[pathlib.Path], out: pathlib.Path | None) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows_file.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     out.write_text(page)
+    for run in runs:
+        name, figure = pathlib.Path(run).name, pathlib.Path(run) / "eigenvalues.png"
+        if name in SPECTRA and figure.exists():
+            shutil.copyfile(figure, out.with_name(f"{out.stem}-eigenvalues-{name}.png"))
     return page

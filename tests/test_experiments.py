@@ -89,10 +89,17 @@ def test_speed_lru_command_writes_its_tables(tmp_path):
     for name in speed_lru.implementations():
         assert f"| {name} |" in text
     assert "Default against the common form" in text
-    choice = speed_lru.measure_choice(lengths=(16,), repeats=1, log=lambda *_: None)
     rows = speed_lru.measure(16, 1, log=lambda *_: None)
+    choice = speed_lru.measure_choice(lengths=(16,), repeats=1, log=lambda *_: None,
+                                      measured=rows)
     table = speed_lru.report(rows, choice, Machine.here(), "x")
     assert "## Scan or convolution?" in table and "depthwise kernel" in table
+    # The LRU's scan and convolution at the table's length are the table's own timings.
+    by = {r.name: r for r in rows}
+    (lru,) = [row for row in choice if row[0].startswith("LRU")]
+    assert lru[2] == (by[speed_lru.SCAN].forward, by[speed_lru.SCAN].backward)
+    assert lru[3] == (by[speed_lru.CONVOLUTION].forward, by[speed_lru.CONVOLUTION].backward)
+    assert "not timed twice" in table
 
 
 def test_lru_common_form_is_the_same_layer():
@@ -370,12 +377,22 @@ def test_summary_row_keeps_the_metric_at_other_lengths(tmp_path):
     assert report.summary_row(tmp_path, summary)["model"] == "lru"
 
 
-def test_lru_report_plots_eigenvalues(tmp_path):
+def test_lru_report_plots_eigenvalues(tmp_path, monkeypatch):
+    """The run draws its eigenvalues; `report` copies the figure of a run named in
+    `report.SPECTRA` beside the page (the docs show one), and no other run's."""
+    from experiments import report
+
     out = tmp_path / "run"
     args = ["run", "adding", "--model", "lru", "--steps", "4", "--eval-every", "4"]
     assert main(args + ["--task-set", "length=32", "--eval-size", "16", "--out", str(out)]) == 0
     assert (out / "eigenvalues.png").stat().st_size > 0
     assert "eigenvalues.png" in (out / "report.md").read_text()
+    assert main(["report", str(out), "--out", str(tmp_path / "page.md")]) == 0
+    assert not list(tmp_path.glob("page-eigenvalues-*"))
+    monkeypatch.setattr(report, "SPECTRA", ("run",))
+    assert main(["report", str(out), "--out", str(tmp_path / "page.md")]) == 0
+    copied = tmp_path / "page-eigenvalues-run.png"
+    assert copied.read_bytes() == (out / "eigenvalues.png").read_bytes()
 
 
 def test_bad_run_options(capsys):
