@@ -59,7 +59,7 @@ def test_streaming_equals_the_full_call(mixer, block):
         h, y_t = step(model, h, x[t])
         steps.append(y_t)
     assert relative_error(jnp.stack(steps), y) < 1e-12
-    for split in (0, 1, 6, LENGTH):
+    for split in (0, 6, LENGTH):  # empty first piece, a cut, empty last piece
         h, y1 = scan(model, model.init_state(), x[:split])
         h, y2 = scan(model, h, x[split:])
         assert relative_error(jnp.concatenate([y1, y2]), y) < 1e-12
