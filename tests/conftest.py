@@ -8,14 +8,12 @@ import tempfile
 # the subprocesses the tests start (they inherit the environment): many tests build the same
 # models and compile the same programs, and every restart of a killed training run compiles its
 # step again. The cache is keyed by the program and the JAX version, so a hit returns the
-# executable a compilation would have produced. Every program is cached, however quick to
-# compile: most of the suite's time is many small compilations, and caching them all made
-# tests/test_mixers.py about 15 % faster than a 0.2 s threshold. Removed when the run ends.
+# executable a compilation would have produced. Removed when the run ends.
 # (pytest-xdist's workers are started by the controller with its environment, so they all see
 # the controller's directory.)
 _CACHE_DIR = os.path.join(tempfile.gettempdir(), f"recurrax-tests-xla-cache-{os.getpid()}")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE_DIR)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import hypothesis  # noqa: E402
 import jax  # noqa: E402
