@@ -42,7 +42,13 @@ def line_panels(
     in the same colour on every panel; labels in `dashed` are drawn dashed (references and
     floors). `percent` shows y (a fraction) in per cent. Writes a PNG at `path`."""
     labels = list(dict.fromkeys(label for _, series in panels for label in series))
-    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    # Ten distinct colours, then the other ten shades of tab20 with square markers: no two
+    # lines of up to twenty look alike.
+    colours = {
+        label: f"C{i}" if i < 10 else plt.get_cmap("tab20")((2 * (i - 10) + 1) % 20)
+        for i, label in enumerate(labels)
+    }
+    markers = {label: "o" if i < 10 else "s" for i, label in enumerate(labels)}
     width = 5.2 * len(panels) + 1.2
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.2), dpi=110, squeeze=False)
     for ax, (title, series) in zip(axes[0], panels):
@@ -53,8 +59,8 @@ def line_panels(
             xs, ys = zip(*points)
             if percent:
                 ys = [100 * y for y in ys]
-            ax.plot(xs, ys, "--" if label in dashed else "-", marker="o", markersize=3.5,
-                    color=colours[label], label=label)
+            ax.plot(xs, ys, "--" if label in dashed else "-", marker=markers[label],
+                    markersize=3.5, color=colours[label], label=label)
         if xlog:
             ax.set_xscale("log", base=2)
         if ylog:

@@ -380,7 +380,13 @@ def plot_task_curves(rows: list[dict], path: pathlib.Path) -> pathlib.Path | Non
         return by_run[origin]["steps"] + offset(by_run[origin])
 
     series = {}
-    for group in _groups(rows):
+    groups = _groups(rows)
+    # Runs of one model and options with different budgets (e.g. 1000 and 4000 steps) are
+    # told apart by their steps, not drawn under one label.
+    budgets: dict[str, set] = {}
+    for group in groups:
+        budgets.setdefault(_label(group), set()).add(group[0]["steps"])
+    for group in groups:
         curves = [dict((int(s), v) for s, v in r.get("curve") or []) for r in group]
         curves = [c for c in curves if c]
         if not curves:
@@ -388,6 +394,8 @@ def plot_task_curves(rows: list[dict], path: pathlib.Path) -> pathlib.Path | Non
         steps = sorted(set.intersection(*(set(c) for c in curves)))
         start = offset(group[0])
         label = _label(group)
+        if len(budgets[label]) > 1:
+            label += f", {group[0]['steps']} steps"
         if start:
             _, _, origin = group[0]["options"].rpartition("from ")
             before = by_run[origin]["options"].split("from ")[0].rstrip(", ")

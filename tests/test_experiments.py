@@ -341,6 +341,41 @@ def test_learning_curves_continue_a_curriculum(tmp_path, monkeypatch):
     }
 
 
+def test_learning_curves_of_two_budgets_are_both_drawn(tmp_path, monkeypatch):
+    from experiments import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "line_panels", lambda panels, path, **kw: drawn.update(panels))
+    short = dict(_row("short", "mingru", 0, 0.6, [(2, 0.3), (4, 0.6)]), steps=4)
+    long = dict(_row("long", "mingru", 0, 0.9, [(5, 0.7), (10, 0.9)]), steps=10,
+                command="python -m experiments run mnist1d --model mingru --steps 10")  # fmt: skip
+    other = dict(_row("other", "lru", 0, 0.8, [(2, 0.8)]), steps=4)
+    report.plot_task_curves([short, long, other], tmp_path / "curves.png")
+    assert drawn["mnist1d"] == {
+        "mingru, depth 2, 4 steps": [(2, 0.3), (4, 0.6)],
+        "mingru, depth 2, 10 steps": [(5, 0.7), (10, 0.9)],
+        "lru, depth 2": [(2, 0.8)],
+    }
+
+
+def test_line_figures_give_up_to_twenty_lines_distinct_styles(tmp_path, monkeypatch):
+    from experiments import _figures
+
+    styles = []
+    real_plot = _figures.plt.Axes.plot
+
+    def plot(ax, *args, **kwargs):
+        styles.append((str(kwargs["color"]), kwargs["marker"]))
+        return real_plot(ax, *args, **kwargs)
+
+    monkeypatch.setattr(_figures.plt.Axes, "plot", plot)
+    series = {f"model {i}": [(1, 0.1 * i), (2, 0.1 * i + 0.05)] for i in range(20)}
+    _figures.line_panels([("task", series)], tmp_path / "f.png", xlabel="x", ylabel="y",
+                         xlog=False, ylog=False)  # fmt: skip
+    assert len(styles) == 20 and len(set(styles)) == 20
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
 def test_results_page_shows_accuracy_at_other_lengths(tmp_path):
     from experiments import report
 
