@@ -14,10 +14,6 @@ import tempfile
 _CACHE_DIR = os.path.join(tempfile.gettempdir(), f"recurrax-tests-xla-cache-{os.getpid()}")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE_DIR)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-# JAX writes an entry in place, and takes a file lock around reads and writes only when the
-# cache has a size limit: with the limit, no process reads an entry another one is still
-# writing (the workers and their subprocesses compile many of the same programs at once).
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
 
 import hypothesis  # noqa: E402
 import jax  # noqa: E402
