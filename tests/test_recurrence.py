@@ -242,6 +242,22 @@ def test_empty_sequence():
     assert recurrax.log_linear_recurrence(jnp.zeros(3), b).shape == (0, 3)
 
 
+def test_eager_calls_run_one_cached_program():
+    """Outside `jax.jit` the solve is one compiled program per shape and strategy, reused
+    by later calls with new values (not the strategy's operations dispatched one by one)."""
+    from recurrax._recurrence import _compiled_solve
+
+    lam, b = jnp.array([0.9, 0.5]), jnp.ones((7, 2))
+    recurrax.linear_recurrence(lam, b, method=recurrax.ChunkedScan(3))
+    size = _compiled_solve._cache_size()
+    h = recurrax.linear_recurrence(0.5 * lam, 2 * b, method=recurrax.ChunkedScan(3))
+    assert _compiled_solve._cache_size() == size
+    np.testing.assert_allclose(h, reference_recurrence(np.asarray(0.5 * lam), 2 * np.ones((7, 2))),
+                               rtol=1e-6)  # fmt: skip
+    recurrax.linear_recurrence(lam, b, method=recurrax.ChunkedScan(2))  # another strategy
+    assert _compiled_solve._cache_size() == size + 1
+
+
 def test_auto_scan_rule():
     auto = recurrax.AutoScan()
     if jax.default_backend() == "cpu":

@@ -331,10 +331,21 @@ def recurrence(
         h0 = jnp.full(b.shape[1:], -jnp.inf, b.dtype)
     if b.shape[0] == 0:
         return b
-    solve = _solve_log if log_space else _solve_linear
     if resets is None:
+        restart = cuts = None
+    else:
+        cuts = segment_cuts(resets, reverse)
+    return _compiled_solve(method, a, b, h0, restart, cuts, reverse=reverse, log_space=log_space)
+
+
+@ft.partial(jax.jit, static_argnames=("method", "reverse", "log_space"))
+def _compiled_solve(method, a, b, h0, restart, cuts, *, reverse: bool, log_space: bool):
+    """The solve as one compiled program. Inside a user's `jax.jit` it is inlined; called
+    eagerly (a layer or model applied outside `jax.jit`), it runs as one cached program per
+    shape instead of evaluating the strategy's operations one at a time."""
+    solve = _solve_log if log_space else _solve_linear
+    if cuts is None:
         return _sharding_agnostic(lambda a, b, h0: solve(method, a, b, h0, reverse), a, b, h0)
-    cuts = segment_cuts(resets, reverse)
 
     def solve_with_resets(a, b, h0, restart, cuts):
         a, b = _apply_resets(log_space, a, b, restart, cuts)
