@@ -1,3 +1,4 @@
+import gc
 import os
 import random
 import shutil
@@ -61,6 +62,40 @@ def rng():
 def long_length():
     """Length for the slow accuracy checks: 65,536 with RECURRAX_FULL=1, else bounded."""
     return 65_536 if os.environ.get("RECURRAX_FULL") else 8_192
+
+
+def _memory_maps() -> int:
+    """How many memory maps this process holds (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return 0
+
+
+def _release_compiled_programs():
+    jax.clear_caches()
+    gc.collect()
+
+
+# Every program XLA:CPU compiles and loads keeps about three memory maps in the process until
+# JAX's caches drop it, and Linux allows 65,530 per process (`vm.max_map_count`). At the limit
+# the compiler fails ("LLVM compilation error: Cannot allocate memory", then a segmentation
+# fault; reproduced with the limit lowered). tests/test_resets.py alone leaves about 10,900
+# maps, and xdist workers that had run most of the suite crashed in the compiler. So the
+# compiled programs are released after each file, and after any test that leaves more than
+# 30,000 maps.
+@pytest.fixture(autouse=True, scope="module")
+def _release_after_each_file():
+    yield
+    _release_compiled_programs()
+
+
+@pytest.fixture(autouse=True)
+def _release_when_many_maps():
+    yield
+    if _memory_maps() > 30_000:
+        _release_compiled_programs()
 
 
 def pytest_sessionfinish(session, exitstatus):

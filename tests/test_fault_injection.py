@@ -31,7 +31,8 @@ ARGS = [
     "--batch-size", "4", "--eval-size", "8", "--eval-every", "20", "--checkpoint-every", "2",
     "--model-set", "dropout=0.1",
 ]  # fmt: skip
-KILLS = 10
+# Ten kills; six under CI (without RECURRAX_FULL=1): each costs a process start, ~8 s on two cores.
+KILLS = 6 if os.environ.get("CI") and not os.environ.get("RECURRAX_FULL") else 10
 
 
 def _environment(cache: pathlib.Path) -> dict:
@@ -79,7 +80,7 @@ def _lines(path: pathlib.Path) -> int:
 
 
 @pytest.mark.slow
-def test_killed_ten_times_and_resumed_equals_an_uninterrupted_run(tmp_path):
+def test_killed_repeatedly_and_resumed_equals_an_uninterrupted_run(tmp_path):
     env = _environment(tmp_path / "compilation-cache")
     whole = tmp_path / "whole"
     done = subprocess.run(
@@ -115,7 +116,7 @@ def test_killed_ten_times_and_resumed_equals_an_uninterrupted_run(tmp_path):
         # Never loses a complete checkpoint: the newest step only moves forward.
         assert max(complete, default=0) >= newest, (kill, sorted(complete), newest)
         newest = max(complete, default=0)
-    assert newest > 0, "no checkpoint was completed in ten runs"
+    assert newest > 0, f"no checkpoint was completed in {KILLS} runs"
 
     resumed = subprocess.run(
         [sys.executable, "-m", "experiments", *ARGS, "--out", str(killed), "--resume"],
