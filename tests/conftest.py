@@ -81,8 +81,9 @@ def _release_compiled_programs():
 # Every program XLA:CPU compiles and loads keeps about three memory maps in the process until
 # JAX's caches drop it, and Linux allows 65,530 per process (`vm.max_map_count`). At the limit
 # the compiler fails ("LLVM compilation error: Cannot allocate memory", then a segmentation
-# fault; reproduced with the limit lowered). tests/test_resets.py alone leaves about 10,900
-# maps, and xdist workers that had run most of the suite crashed in the compiler. So the
+# fault: reproduced by `sysctl -w vm.max_map_count=3500` and a loop jitting small functions).
+# tests/test_resets.py alone leaves about 10,900 maps (one process, lines of /proc/self/maps at
+# its end), and xdist workers that had run most of the suite crashed in the compiler. So the
 # compiled programs are released after each file, and after any test that leaves more than
 # 30,000 maps.
 @pytest.fixture(autouse=True, scope="module")
