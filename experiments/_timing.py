@@ -25,6 +25,69 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+# glibc's malloc serves a block of 32 MiB or more with its own mmap and unmaps it when it is
+# freed. XLA:CPU allocates a compiled program's temporaries as one such block at every call,
+# so every step of a training loop faults the whole block in again: the kernel zeroes each
+# page, and on a virtual machine that hands freed memory back to its host (as this project's
+# CPU machine does) the host must also supply each page afresh, about 2.5 s per GiB measured
+# here. These glibc settings (read when a process starts) keep freed memory in the process:
+# no mmap for large blocks, no trimming of the heap's top, one arena, so that the next step
+# reuses the same pages.
+KEEP_FREED_MEMORY = (
+    "glibc.malloc.mmap_max=0",
+    "glibc.malloc.trim_threshold=68719476736",
+    "glibc.malloc.arena_max=1",
+)
+
+
+def uses_glibc() -> bool:
+    """Whether this Python runs on glibc (whose `GLIBC_TUNABLES` the allocator reads)."""
+    return platform.libc_ver()[0] == "glibc"
+
+
+def freed_memory_kept(environ=None) -> bool:
+    """Whether `environ` (default: this process's) sets every `KEEP_FREED_MEMORY` tunable."""
+    environ = os.environ if environ is None else environ
+    present = set(environ.get("GLIBC_TUNABLES", "").split(":"))
+    return all(setting in present for setting in KEEP_FREED_MEMORY)
+
+
+def environment_keeping_freed_memory(environ=None) -> dict:
+    """A copy of `environ` whose `GLIBC_TUNABLES` adds `KEEP_FREED_MEMORY` to its own
+    settings (ours win where both name one tunable)."""
+    environ = dict(os.environ if environ is None else environ)
+    names = {setting.split("=")[0] for setting in KEEP_FREED_MEMORY}
+    own = [s for s in environ.get("GLIBC_TUNABLES", "").split(":") if s]
+    kept = [s for s in own if s.split("=")[0] not in names]
+    environ["GLIBC_TUNABLES"] = ":".join(kept + list(KEEP_FREED_MEMORY))
+    return environ
+
+
+def release_freed_memory() -> None:
+    """Hand the memory the allocator keeps free back to the kernel (glibc's `malloc_trim`;
+    nothing elsewhere). With `KEEP_FREED_MEMORY` a process otherwise keeps the largest
+    temporaries of every program it ran: called before timing another program, it bounds the
+    process's memory by that program's own needs."""
+    if not uses_glibc():
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - a libc without malloc_trim
+        pass
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far (pages it touched for the first time since
+    the kernel gave them); 0 where `resource` is unavailable."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def compiled_peak_bytes(jitted, *args) -> int | None:
     """XLA's own figure for a compiled function: temporary buffers plus outputs, in bytes
     (arguments excluded). `None` when the backend does not report it."""

@@ -386,6 +386,12 @@ def parser() -> argparse.ArgumentParser:
     whole.add_argument("--copy-depth", type=int, default=3, help="minGRU model blocks")
     whole.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     whole.add_argument(
+        "--allocator", choices=("keep", "default"), default="keep",
+        help="keep: run with glibc's allocator keeping freed memory, so that every step "
+        "reuses its pages (the command restarts itself with GLIBC_TUNABLES set); default: "
+        "the allocator as it is, each step faulting its temporaries in afresh",
+    )
+    whole.add_argument(
         "--out", default="docs/results/speed-model.md", help="markdown file (PNG beside it)"
     )
     nonlinear = which.add_parser(

@@ -33,6 +33,10 @@ the same batch before timing.
 import dataclasses
 import math
 import pathlib
+import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 
 import equinox as eqx
@@ -44,7 +48,20 @@ import optax
 import recurrax
 
 from ._figures import bars, image
-from ._timing import emit_report, Machine, markdown_table, median_time, mib, ms, peak_bytes
+from ._timing import (
+    emit_report,
+    environment_keeping_freed_memory,
+    freed_memory_kept,
+    KEEP_FREED_MEMORY,
+    Machine,
+    markdown_table,
+    mib,
+    ms,
+    page_faults,
+    peak_bytes,
+    release_freed_memory,
+    uses_glibc,
+)
 
 
 # The LRU paper's model at an LRA-like shape.
@@ -56,6 +73,9 @@ LRU_BATCH, LRU_DEPTH, LRU_WIDTH, LRU_STATE, LRU_CLASSES, LRU_VOCAB = 16, 6, 128,
 COPY_LENGTHS = (1024,)
 COPY_BATCH, COPY_DEPTH, COPY_WIDTH, COPY_EXPANSION, COPY_VOCAB, COPY_TOKENS = 64, 3, 64, 6, 16, 16
 LEARNING_RATE, WEIGHT_DECAY = 1e-3, 0.05
+# Untimed steps of every side before timing: the allocator settles within three (a side's
+# first steps may still grow the heap; see `_timing.KEEP_FREED_MEMORY`).
+WARMUP = 3
 # |Δloss| allowed between the two sides in float32, relative to max(1, |loss|): the same
 # function evaluated in two orders (the report states it in float32 ulps).
 LOSS_TOLERANCE = 1e-5
@@ -499,10 +519,14 @@ class Row:
     peak_bytes: int | None
     loss: float
     loss_diff: float  # |loss − recurrax's loss| at step 0
+    faulted: float = math.nan  # bytes of memory faulted in per step (median; 4 KiB pages)
 
 
 def measure_sides(model: str, length: int, sides: list[Side], repeats: int, log=print) -> list[Row]:
-    """Step 0 of every side (the losses must agree), then the medians and peak memory."""
+    """Step 0 of every side (the losses must agree), then for each side in turn: the
+    allocator's free memory handed back (so that the process holds one side's temporaries
+    at a time), `WARMUP` untimed steps and `repeats` timed ones; the median time, the median
+    memory faulted in per step and the compiled peak memory of each."""
     losses = [float(side()[3]) for side in sides]
     reference = losses[0]
     for side, value in zip(sides, losses):
@@ -513,15 +537,27 @@ def measure_sides(model: str, length: int, sides: list[Side], repeats: int, log=
                 f"recurrax computes {reference!r} (|Δ| = {diff:.2e} > "
                 f"{LOSS_TOLERANCE:g} × max(1, |loss|)): the two models differ."
             )
+    times = [[] for _ in sides]
+    faults = [[] for _ in sides]
+    for i, side in enumerate(sides):
+        release_freed_memory()
+        for _ in range(WARMUP):
+            jax.block_until_ready(side())
+        for _ in range(repeats):
+            before = page_faults()
+            start = time.perf_counter()
+            jax.block_until_ready(side())
+            times[i].append(time.perf_counter() - start)
+            faults[i].append(4096 * (page_faults() - before))
     rows = []
-    for side, value in zip(sides, losses):
-        t = median_time(side, repeats)
+    for side, value, t, f in zip(sides, losses, times, faults):
+        t, f = statistics.median(t), statistics.median(f)
         peak = side.peak_bytes
         diff = abs(value - reference) if side.checked else math.nan
-        rows.append(Row(model, side.name, length, t, peak, value, diff))
+        rows.append(Row(model, side.name, length, t, peak, value, diff, f))
         log(
             f"  {model:6s} L={length:5d}  {side.name:48s} step {ms(t):>9s} ms   "
-            f"peak {mib(peak):>6s} MiB   loss {value:.6f} "
+            f"peak {mib(peak):>6s} MiB   faulted {mib(f):>6s} MiB/step   loss {value:.6f} "
             + (f"(|Δ| {diff:.1e})" if side.checked else "(not the same model: not checked)")
         )
     return rows
@@ -573,6 +609,7 @@ def _table(rows: list[Row]) -> str:
                 str(r.length),
                 ms(r.step),
                 mib(r.peak_bytes),
+                "n/a" if math.isnan(r.faulted) else mib(r.faulted),
                 ratio,
                 "" if r.name == FLOOR else f"{r.loss:.6f}",
                 f"{r.loss_diff:.1e}" if direct else "",
@@ -584,6 +621,7 @@ def _table(rows: list[Row]) -> str:
             "L",
             "step (ms)",
             "peak MiB",
+            "faulted MiB / step",
             "direct / recurrax",
             "loss at step 0",
             "Δloss vs recurrax",
@@ -622,6 +660,34 @@ def _floor_lines(rows: list[Row]) -> list[str]:
     ]
 
 
+def _memory_paragraph(kept: bool) -> str:
+    common = (
+        "XLA:CPU allocates a compiled step's temporaries (the peak column, less the "
+        "outputs) as one block at every call; the faulted column is the memory the process "
+        "touched for the first time during a step (minor page faults × 4 KiB, median), "
+        "pages the kernel had to supply and zero. "
+    )
+    if kept:
+        return common + (
+            "Measured with glibc's allocator keeping freed memory (`GLIBC_TUNABLES="
+            + ":".join(KEEP_FREED_MEMORY)
+            + "`, which the command sets for itself): each step reuses the pages of the "
+            "one before, so the times are those of the computation. With the default "
+            "allocator (`--allocator default`) every step of every side maps its block "
+            "afresh and faults all of it in again; on a virtual machine that returns freed "
+            "memory to its host, as this project's CPU machine does, that costs up to "
+            "seconds per GiB and dominates, and varies with, the times (see the "
+            "[performance page](../performance.md#memory-on-cpu))."
+        )
+    return common + (
+        "Measured with the default allocator (`--allocator default`): every step maps its "
+        "block of temporaries afresh, so each side's time includes faulting its whole peak "
+        "memory in again, which on a virtual machine that returns freed memory to its host "
+        "can cost more than the computation (see the "
+        "[performance page](../performance.md#memory-on-cpu))."
+    )
+
+
 def report(
     rows: list[Row],
     machine: Machine,
@@ -630,6 +696,7 @@ def report(
     *,
     lru_depth: int = LRU_DEPTH,
     copy_depth: int = COPY_DEPTH,
+    kept: bool = False,
 ) -> str:
     out = [
         "# Whole training step: recurrax against direct JAX models",
@@ -651,6 +718,8 @@ def report(
         "for a loss between 2 and 3): the same function evaluated in another order in float32 "
         "(scan tree, summation orders); the tables give each difference. The copying of the "
         "parameters itself is tested in float64 to 1e-12, at step 0 and after one update.",
+        "",
+        _memory_paragraph(kept),
         "",
     ]
     if png:
@@ -704,11 +773,38 @@ def report(
     return "\n".join(out).rstrip() + "\n"
 
 
+def _forwarded(args) -> list[str]:
+    """The command-line arguments that reproduce `args`."""
+    argv = ["speed", "model"]
+    if args.lengths:
+        argv += ["--lengths", *map(str, args.lengths)]
+    if args.copy_lengths:
+        argv += ["--copy-lengths", *map(str, args.copy_lengths)]
+    argv += ["--lru-depth", str(args.lru_depth), "--copy-depth", str(args.copy_depth)]
+    argv += ["--repeats", str(args.repeats), "--allocator", args.allocator]
+    if args.out:
+        argv += ["--out", args.out]
+    return argv
+
+
 def run(args) -> int:
+    if args.allocator == "keep" and not freed_memory_kept():
+        if not uses_glibc():
+            print(
+                "speed model: --allocator keep sets glibc's GLIBC_TUNABLES and this Python "
+                "does not run on glibc; use --allocator default.",
+                file=sys.stderr,
+            )
+            return 2
+        env = environment_keeping_freed_memory()
+        print(f"Running in a new process with GLIBC_TUNABLES={env['GLIBC_TUNABLES']}", flush=True)
+        return subprocess.call([sys.executable, "-m", "experiments", *_forwarded(args)], env=env)
+    kept = freed_memory_kept()
     lru_lengths = tuple(args.lengths) if args.lengths else LRU_LENGTHS
     copy_lengths = tuple(args.copy_lengths) if args.copy_lengths else COPY_LENGTHS
     machine = Machine.here()
     print(f"Whole-model training step on {machine.line()}")
+    print("Allocator: " + ("freed memory kept (GLIBC_TUNABLES)" if kept else "default"))
     print(
         f"LRU model at L {list(lru_lengths)}, minGRU model at L {list(copy_lengths)}, "
         f"{args.repeats} repeats"
@@ -727,6 +823,7 @@ def run(args) -> int:
         + (f" --lru-depth {args.lru_depth}" if args.lru_depth != LRU_DEPTH else "")
         + (f" --copy-depth {args.copy_depth}" if args.copy_depth != COPY_DEPTH else "")
         + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+        + (" --allocator default" if args.allocator == "default" else "")
     )
     png = None
     if args.out:
@@ -734,7 +831,15 @@ def run(args) -> int:
         plot(rows, pathlib.Path(png))
         print(f"Wrote {png}")
     emit_report(
-        report(rows, machine, command, png, lru_depth=args.lru_depth, copy_depth=args.copy_depth),
+        report(
+            rows,
+            machine,
+            command,
+            png,
+            lru_depth=args.lru_depth,
+            copy_depth=args.copy_depth,
+            kept=kept,
+        ),
         args.out,
     )
     return 0

@@ -141,7 +141,7 @@ def test_speed_model_command_writes_its_tables(tmp_path):
 
     out = tmp_path / "model.md"
     args = ["speed", "model", "--lengths", "16", "--copy-lengths", "16", "--lru-depth", "1",
-            "--copy-depth", "1", "--repeats", "1", "--out", str(out)]
+            "--copy-depth", "1", "--repeats", "2", "--allocator", "default", "--out", str(out)]
     assert main(args) == 0
     text = out.read_text()
     assert "## The LRU paper's model (LRA-like shape)" in text
@@ -150,12 +150,51 @@ def test_speed_model_command_writes_its_tables(tmp_path):
                  speed_model.DIRECT_ASSOC):
         assert f"| {name} | 16 |" in text
     assert text.count("| recurrax | 16 |") == 2
+    assert "| faulted MiB / step |" in text and "Measured with the default allocator" in text
     assert f"| {speed_model.FLOOR} | 16 |" in text and "- L = 16: the recurrence" in text
     command = ("python -m experiments speed model --lengths 16 --copy-lengths 16 "
-               "--lru-depth 1 --copy-depth 1 --repeats 1")
+               "--lru-depth 1 --copy-depth 1 --repeats 2 --allocator default")
     assert f"`{command}`" in text
     png = out.with_suffix(".png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speed_model_keeps_freed_memory_in_a_new_process(tmp_path, monkeypatch):
+    """`--allocator keep` (the default) reruns the same command in a process whose
+    GLIBC_TUNABLES keep freed memory, the user's own tunables kept beside them; a process
+    that already has them measures in place and says so in its report."""
+    from experiments import _timing, speed_model
+
+    if not _timing.uses_glibc():
+        pytest.skip("GLIBC_TUNABLES is read by glibc only")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=4")
+    calls = []
+    monkeypatch.setattr(speed_model.subprocess, "call",
+                        lambda argv, env: calls.append((argv, env)) or 0)
+    out = tmp_path / "model.md"
+    args = ["speed", "model", "--lengths", "16", "--copy-lengths", "16", "--lru-depth", "1",
+            "--copy-depth", "1", "--repeats", "1", "--out", str(out)]
+    assert main(args) == 0
+    [(argv, env)] = calls
+    assert argv[1:3] == ["-m", "experiments"]
+    assert argv[3:] == ["speed", "model", "--lengths", "16", "--copy-lengths", "16",
+                        "--lru-depth", "1", "--copy-depth", "1", "--repeats", "1",
+                        "--allocator", "keep", "--out", str(out)]
+    tunables = env["GLIBC_TUNABLES"].split(":")
+    assert "glibc.malloc.tcache_count=0" in tunables and "glibc.malloc.arena_max=4" not in tunables
+    assert set(_timing.KEEP_FREED_MEMORY) <= set(tunables)
+    assert _timing.freed_memory_kept(env) and not _timing.freed_memory_kept()
+    assert not out.exists()  # the new process writes the report, not this one
+
+    monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])
+    rows = [speed_model.Row("LRU", name, 16, 0.01, 2**20, 2.3, 0.0, 0.0)
+            for name in (speed_model.RECURRAX, speed_model.DIRECT_LRU)]
+    monkeypatch.setattr(speed_model, "measure", lambda *a, **k: rows)
+    assert main(args) == 0 and len(calls) == 1
+    text = out.read_text()
+    assert "Measured with glibc's allocator keeping freed memory" in text
+    assert "GLIBC_TUNABLES=" + ":".join(_timing.KEEP_FREED_MEMORY) in text
+    assert "--allocator" not in text.split("`")[1]  # the default is not spelt out
 
 
 def test_speed_selective_command_writes_its_table(tmp_path):

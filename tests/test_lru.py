@@ -282,3 +282,113 @@ def test_unstable_system_has_no_lru_form():
 
     with pytest.raises(Exception, match=r"\|lambda\| >= 1"):
         jax.block_until_ready(convert(system))
+
+
+# -- the planar evaluation of `LRU.__call__` -----------------------------------------------------
+
+
+def _general(lru, x):
+    """`lru(x)` by the general path (coefficients -> complex solve -> readout): an all-True
+    mask changes nothing but turns the planar evaluation off."""
+    return lru(x, mask=jnp.ones(x.shape[0], bool))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize(
+    "method",
+    [None, recurrax.SequentialScan(), recurrax.AssociativeScan(), recurrax.ChunkedScan(7)],
+    ids=["auto", "sequential", "associative", "chunked"],
+)
+def test_planar_call_equals_the_general_path(bidirectional, method, monkeypatch):
+    """`lru(x)` keeps the complex state as real planes; in float64 it gives the general
+    path's outputs, gradients (every parameter and the input, through `jax.vmap` and
+    `jax.jit`) and forward-mode tangents to 1e-12 relative, and it is the path taken."""
+    import recurrax._lru as lru_module
+
+    calls = []
+    planar = lru_module.planar_linear_recurrence
+    monkeypatch.setattr(lru_module, "planar_linear_recurrence",
+                        lambda *a, **k: calls.append(k.get("reverse", False)) or planar(*a, **k))
+    lru = recurrax.LRU(3, 5, r_min=0.5, r_max=0.99, bidirectional=bidirectional, method=method,
+                       dtype=jnp.float64, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (4, 37, 3), jnp.float64)
+
+    def loss(call):
+        return lambda m, x: jnp.sum(jnp.sin(jax.vmap(lambda u: call(m, u))(x)))
+
+    ours = jax.jit(jax.value_and_grad(loss(lambda m, u: m(u)), argnums=(0, 1)))(lru, x)
+    assert calls == ([False, True] if bidirectional else [False])
+    theirs = jax.jit(jax.value_and_grad(loss(_general), argnums=(0, 1)))(lru, x)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert relative_error(a, b) <= 1e-12
+    tangent = jax.random.normal(jax.random.key(2), x.shape[1:], jnp.float64)
+    for call in (lambda u: lru(u), lambda u: _general(lru, u)):
+        y, dy = jax.jvp(call, (x[0],), (tangent,))
+        assert dy.shape == y.shape == x.shape[1:]
+    y_ours, dy_ours = jax.jvp(lambda u: lru(u), (x[0],), (tangent,))
+    y_theirs, dy_theirs = jax.jvp(lambda u: _general(lru, u), (x[0],), (tangent,))
+    assert relative_error(y_ours, y_theirs) <= 1e-12
+    assert relative_error(dy_ours, dy_theirs) <= 1e-12
+
+
+def test_planar_call_float32_and_mixed_precision(getkey):
+    """float32: the general path's outputs to float32 rounding. Mixed precision as
+    `compute_dtype="bfloat16"` makes it (bfloat16 input and matrices, float32 transition):
+    bfloat16 outputs, equal to the general path's up to bfloat16 rounding."""
+    lru = recurrax.LRU(8, 16, r_min=0.9, r_max=0.999, dtype=jnp.float32, key=getkey())
+    x = jax.random.normal(getkey(), (200, 8), jnp.float32)
+    assert relative_error(lru(x), _general(lru, x)) <= 1e-5
+    fields = lambda m: (m.B_re, m.B_im, m.C_re, m.C_im, m.D)  # noqa: E731
+    mixed = eqx.tree_at(fields, lru, tuple(v.astype(jnp.bfloat16) for v in fields(lru)))
+    x16 = x.astype(jnp.bfloat16)
+    y16 = mixed(x16)
+    assert y16.dtype == jnp.bfloat16
+    assert relative_error(y16.astype(jnp.float32), _general(mixed, x16).astype(jnp.float32)) <= 2e-2
+
+
+def test_planar_call_steps_aside_for_overrides_and_other_strategies(getkey):
+    """A subclass that overrides `readout`, and a strategy other than the built-in ones (a
+    user's), get the general path: the override is applied and the strategy sees only
+    complex values."""
+    x = jax.random.normal(getkey(), (20, 3), jnp.float64)
+
+    class Doubled(recurrax.LRU):
+        def readout(self, h, x):
+            return 2 * super().readout(h, x)
+
+    base = recurrax.LRU(3, 4, dtype=jnp.float64, key=jax.random.key(0))
+    doubled = Doubled(3, 4, dtype=jnp.float64, key=jax.random.key(0))
+    assert relative_error(doubled(x), 2 * base(x)) <= 1e-12
+
+    seen = []
+
+    class Recording(recurrax.AbstractScan):
+        def solve(self, semiring, a, b, h0, *, reverse):
+            seen.append((semiring.name, jnp.iscomplexobj(b)))
+            return recurrax.SequentialScan().solve(semiring, a, b, h0, reverse=reverse)
+
+    recorded = eqx.tree_at(lambda m: m.method, base, Recording(), is_leaf=lambda v: v is None)
+    assert relative_error(recorded(x), base(x)) <= 1e-12
+    assert seen and all(s == ("linear", True) for s in seen)
+
+
+def test_planar_semiring_is_complex_arithmetic():
+    """The planar semiring's product, step, power and identities are those of complex
+    numbers on (real, imaginary) planes."""
+    from recurrax._semiring import PLANAR
+
+    rng = np.random.default_rng(0)
+
+    def planes(z):
+        return jnp.stack([z.real, z.imag], axis=-2)
+
+    a, h, b = (rng.normal(size=(3, 5)) + 1j * rng.normal(size=(3, 5)) for _ in range(3))
+    np.testing.assert_allclose(PLANAR.combine(planes(a), planes(h), planes(b)),
+                               planes(a * h + b), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(PLANAR.mul(planes(a), planes(h)), planes(a * h), rtol=1e-12)
+    np.testing.assert_allclose(PLANAR.power(planes(a), 7), planes(a**7), rtol=1e-12)
+    one = PLANAR.one((3, 2, 5), jnp.float64)
+    np.testing.assert_array_equal(PLANAR.mul(one, planes(h)), planes(h))
+    np.testing.assert_array_equal(PLANAR.zero((3, 2, 5), jnp.float64), np.zeros((3, 2, 5)))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 2, n\)"):
+        PLANAR.one((3, 5), jnp.float64)

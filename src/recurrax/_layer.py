@@ -180,6 +180,13 @@ class AbstractRecurrentLayer(AbstractMixer):
             fn, a, b, h0, reverse=reverse, method=self.method, resets=resets, restart=restart
         )
 
+    def _planar_call(self, x) -> Array | None:
+        """`self(x)` (no mask, no resets) by an equivalent evaluation with the complex state
+        kept as real planes, or `None` where the layer has none for `x` (the general path
+        then runs). A layer whose `coefficients` and `readout` are real matrix products
+        around a complex time-invariant recurrence can provide it (see `LRU`)."""
+        return None
+
     def _output(self, hs, x, mask):
         """Read out, in the activations' dtype (that of `x`), zero at masked steps."""
         return zero_masked(self.readout(hs, x).astype(x.dtype), mask)
@@ -303,6 +310,10 @@ class AbstractRecurrentLayer(AbstractMixer):
         self._check_input(x, "x", per_step=False)
         check_mask(type(self).__name__, mask, x.shape[0])
         check_resets(type(self).__name__, resets, x.shape[0])
+        if mask is None and resets is None:
+            y = self._planar_call(x)
+            if y is not None:
+                return y
         a, b = self.coefficients(x)
         h0 = self.init_state()
         hs = self._solve(a, b, h0, mask=mask, resets=resets)
@@ -397,5 +408,28 @@ def real_readout(
     """
     stacked = jnp.concatenate([c_re, -c_im], axis=1)
     parts = jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1)
+    dtype = _low_precision(stacked, parts)
+    return parts.astype(dtype) @ stacked.astype(dtype).T
+
+
+def planar_projection(
+    weight_re: Array, weight_im: Array, x: Array
+) -> Float[Array, "length 2 state"]:
+    """`complex_projection(weight_re, weight_im, x)` as real planes `(length, 2, state)`:
+    the one real product `x [W_re; W_im]^T`, reshaped (no copy), in the working dtype."""
+    n = weight_re.shape[0]
+    stacked = jnp.concatenate([weight_re, weight_im], axis=0)
+    dtype = _low_precision(stacked, x)
+    out = x.astype(dtype) @ stacked.astype(dtype).T
+    return out.astype(working_dtype(out.dtype)).reshape(x.shape[0], 2, n)
+
+
+def planar_readout(
+    c_re: Array, c_im: Array, planes: Float[Array, "length 2 state"]
+) -> Float[Array, "length output"]:
+    """`real_readout(c_re, c_im, h)` from the states as real planes `(length, 2, state)`
+    (the state axis of `c_re`/`c_im` matching `state`), as one real product."""
+    stacked = jnp.concatenate([c_re, -c_im], axis=1)
+    parts = planes.reshape(planes.shape[0], -1)
     dtype = _low_precision(stacked, parts)
     return parts.astype(dtype) @ stacked.astype(dtype).T

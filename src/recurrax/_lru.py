@@ -12,8 +12,9 @@ from jaxtyping import Array, Complex, Float, PRNGKeyArray
 from ._checks import check_positive_int
 from ._dtypes import as_working, complex_dtype, default_float
 from ._init import check_ring_arguments, ring_init
-from ._layer import complex_projection, real_readout
+from ._layer import complex_projection, planar_projection, planar_readout, real_readout
 from ._lti import AbstractLTILayer, mimo_kernel
+from ._recurrence import planar_linear_recurrence, supports_planar
 from ._registry import register_mixer
 from ._scan import AbstractScan
 from ._system import DiscreteDiagonalSystem
@@ -223,6 +224,28 @@ class LRU(AbstractLTILayer):
 
     def readout(self, h, x):
         return real_readout(self.C_re, self.C_im, h) + self.D[None] * x
+
+    def _planar_call(self, x):
+        # The same computation as coefficients -> solve -> readout with the state kept as
+        # real planes: the input product's output is the recurrence's input as it is, and the
+        # states are the output product's input (no complex array is formed, nor in the
+        # backward pass converted back to real and transposed for the weight gradients).
+        # Only where the generic path would compute exactly this: LRU's own coefficients and
+        # readout, a strategy written against the semiring interface, a non-empty sequence.
+        own = type(self).coefficients is LRU.coefficients and type(self).readout is LRU.readout
+        if not own or not supports_planar(self.method) or x.shape[0] == 0:
+            return None
+        lam = self.eigenvalues()
+        b = planar_projection(*self._input_weights(), x)
+        a = jnp.stack([jnp.real(lam), jnp.imag(lam)])
+        if a.dtype != b.dtype:
+            return None  # mixed dtypes: the generic path checks them and says what is wrong
+        h = planar_linear_recurrence(a, b, method=self.method)
+        if self.bidirectional:
+            h_reverse = planar_linear_recurrence(a, b, reverse=True, method=self.method)
+            h = jnp.concatenate([h, h_reverse], axis=-1)
+        y = planar_readout(self.C_re, self.C_im, h) + self.D[None] * x
+        return y.astype(x.dtype)
 
     def kernel(self, length: int, *, reverse: bool = False) -> Float[Array, "length input input"]:
         if reverse and not self.bidirectional:

@@ -11,7 +11,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Inexact
 
 from ._dtypes import working_dtype
 from ._scan import AbstractScan, arrays_platform, AutoScan
-from ._semiring import LINEAR, LOG
+from ._semiring import LINEAR, LOG, PLANAR
 from ._validate import check_bool
 
 
@@ -352,6 +352,83 @@ def _compiled_solve(method, a, b, h0, restart, cuts, *, reverse: bool, log_space
         return solve(method, a, b, h0, reverse)
 
     return _sharding_agnostic(solve_with_resets, a, b, h0, restart, cuts)
+
+
+# The strategies whose `solve` is written against the semiring interface alone, so that they
+# evaluate the planar form as they do every other (a user's strategy may assume complex
+# values; `SequenceParallelScan` is left to the complex form, whose sharding it is written
+# for).
+def _planar_strategies() -> tuple[type, ...]:
+    from ._scan import AssociativeScan, ChunkedScan, SequentialScan
+
+    return (AutoScan, SequentialScan, AssociativeScan, ChunkedScan)
+
+
+def supports_planar(method: AbstractScan | None) -> bool:
+    """Whether `planar_linear_recurrence` may evaluate with `method` (`None`: the default)."""
+    return method is None or type(method) in _planar_strategies()
+
+
+def _conjugate_planes(a: Array) -> Array:
+    return a * jnp.asarray([[1], [-1]], a.dtype)
+
+
+def _solve_planar(method: AbstractScan, a: Array, b: Array, reverse: bool) -> Array:
+    r"""$h_t = a \odot h_{t\mp1} + b_t$ from $h_0 = 0$ in planar complex form (`a` `(2, n)`,
+    `b` `(length, 2, n)`), as a linear system like `_solve_linear`: the transpose of the
+    multiplication by $a$ on the planes is the multiplication by $\bar a$, so the backward
+    pass is the reverse recurrence with $\bar a$, and JAX differentiates `matvec` for the
+    gradient of $a$."""
+
+    real, imag = a[None, 0:1], a[None, 1:2]
+
+    def quarter_turn(v):  # multiplication by i on the planes: (v_r, v_i) -> (-v_i, v_r)
+        return jnp.concatenate([-v[..., 1:2, :], v[..., 0:1, :]], axis=-2)
+
+    # (a h) shifted by one step, written so that its derivative with respect to `a` has the
+    # states themselves as its only coefficient: the forward pass then keeps nothing but `h`
+    # for the gradient of `a` (not also shifted and swapped copies of it for every layer).
+    def matvec(h):
+        return h - _shift(real * h + quarter_turn(imag * h), not reverse)
+
+    def solve(_, rhs):
+        zero = jnp.zeros(rhs.shape[1:], rhs.dtype)
+        return method.solve(PLANAR, a, rhs, zero, reverse=reverse)
+
+    def transpose_solve(_, rhs):
+        zero = jnp.zeros(rhs.shape[1:], rhs.dtype)
+        return method.solve(PLANAR, _conjugate_planes(a), rhs, zero, reverse=not reverse)
+
+    return lax.custom_linear_solve(matvec, b, solve, transpose_solve)
+
+
+@ft.partial(jax.jit, static_argnames=("method", "reverse"))
+def _compiled_planar_solve(method, a, b, *, reverse: bool):
+    return _sharding_agnostic(lambda a, b: _solve_planar(method, a, b, reverse), a, b)
+
+
+def planar_linear_recurrence(
+    a: Float[Array, "2 state"],
+    b: Float[Array, "length 2 state"],
+    *,
+    reverse: bool = False,
+    method: AbstractScan | None = None,
+) -> Float[Array, "length 2 state"]:
+    r"""`linear_recurrence(lam, b)` from a zero state for a complex time-invariant `lam`, with
+    every complex array stored as real planes (`PlanarComplexSemiring`): `a` is
+    `stack([lam.real, lam.imag])`, `(2, state)`, and `b` and the result `(length, 2, state)`.
+
+    A complex layer whose input and output maps are real matrix products (`[W_re; W_im] u`
+    and `[C_re, -C_im] [h_re; h_im]`) keeps its state in this form from one product to the
+    other: no complex array is formed, and the backward pass gets its cotangents as planes
+    that the transposed products read directly. Derivatives in both modes, as for
+    `linear_recurrence`. `method` must satisfy `supports_planar` (the caller checks).
+    """
+    method = _check_method("planar_linear_recurrence", method)
+    if b.shape[0] == 0:
+        return b
+    method = _resolve(method, a, b)
+    return _compiled_planar_solve(method, a, b, reverse=bool(reverse))
 
 
 def _safe_exp_ratio(num: Array, den: Array) -> Array:

@@ -9,6 +9,7 @@ import abc
 from typing import ClassVar
 
 import equinox as eqx
+import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -83,5 +84,45 @@ class LogSemiring(AbstractSemiring):
         return jnp.zeros(shape, dtype)
 
 
+class PlanarComplexSemiring(AbstractSemiring):
+    r"""$(+, \times)$ over complex numbers stored as two real planes: an array of shape
+    `(..., 2, n)` holds $n$ complex numbers, their real parts at index 0 of axis $-2$ and
+    their imaginary parts at index 1.
+
+    The product $(a_r + i a_i)(h_r + i h_i)$ is written $a_r h + s \odot \tilde h$ with
+    $\tilde h$ the planes of $h$ swapped and $s = (-a_i, a_i)$: elementwise real arithmetic
+    along contiguous planes, with no interleaved complex values. A complex time-invariant
+    layer keeps its state in this form between its real input and output matrix products
+    (see `planar_linear_recurrence`).
+    """
+
+    name: ClassVar[str] = "planar"
+
+    def combine(self, a, h, b):
+        return self.mul(a, h) + b
+
+    def mul(self, a_later, a_earlier):
+        real = a_later[..., 0:1, :]
+        imag = a_later[..., 1:2, :]
+        signed = jnp.concatenate([-imag, imag], axis=-2)
+        return real * a_earlier + signed * a_earlier[..., ::-1, :]
+
+    def power(self, a, n):
+        z = lax.complex(a[..., 0, :], a[..., 1, :]) ** n
+        return jnp.stack([jnp.real(z), jnp.imag(z)], axis=-2).astype(a.dtype)
+
+    def zero(self, shape, dtype):
+        return jnp.zeros(shape, dtype)
+
+    def one(self, shape, dtype):
+        if len(shape) < 2 or shape[-2] != 2:
+            raise ValueError(
+                f"PlanarComplexSemiring: a planar complex array has shape (..., 2, n), got "
+                f"shape {tuple(shape)}."
+            )
+        return jnp.zeros(shape, dtype).at[..., 0, :].set(1)
+
+
 LINEAR = LinearSemiring()
 LOG = LogSemiring()
+PLANAR = PlanarComplexSemiring()
