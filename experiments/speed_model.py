@@ -782,9 +782,7 @@ def _forwarded(args) -> list[str]:
         argv += ["--copy-lengths", *map(str, args.copy_lengths)]
     argv += ["--lru-depth", str(args.lru_depth), "--copy-depth", str(args.copy_depth)]
     argv += ["--repeats", str(args.repeats), "--allocator", args.allocator]
-    if args.out:
-        argv += ["--out", args.out]
-    return argv
+    return argv + ["--out", args.out or ""]  # "" (no file) stays "", not the default
 
 
 def run(args) -> int:
