@@ -29,7 +29,7 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
 # freed. XLA:CPU allocates a compiled program's temporaries as one such block at every call,
 # so every step of a training loop faults the whole block in again: the kernel zeroes each
 # page, and on a virtual machine that hands freed memory back to its host (as this project's
-# CPU machine does) the host must also supply each page afresh, about 2.5 s per GiB measured
+# CPU machine does) the host must also supply each page afresh, 2.6 to 3.3 s per GiB measured
 # here. These glibc settings (read when a process starts) keep freed memory in the process:
 # no mmap for large blocks, no trimming of the heap's top, one arena, so that the next step
 # reuses the same pages.
