@@ -366,12 +366,8 @@ def complex_projection(
         print(recurrax.complex_projection(w_re, w_im, x))  # [[1.+3.j 2.+3.j]]
         ```
     """
-    n = weight_re.shape[0]
-    stacked = jnp.concatenate([weight_re, weight_im], axis=0)
-    dtype = _low_precision(stacked, x)
-    out = x.astype(dtype) @ stacked.astype(dtype).T
-    out = out.astype(working_dtype(out.dtype))
-    return jax.lax.complex(out[:, :n], out[:, n:])
+    planes = planar_projection(weight_re, weight_im, x)
+    return jax.lax.complex(planes[:, 0], planes[:, 1])
 
 
 def real_readout(
@@ -406,10 +402,7 @@ def real_readout(
         print(recurrax.real_readout(c_re, c_im, h))  # [[3.]]: (1 + 3) - (2 - 1)
         ```
     """
-    stacked = jnp.concatenate([c_re, -c_im], axis=1)
-    parts = jnp.concatenate([jnp.real(h), jnp.imag(h)], axis=-1)
-    dtype = _low_precision(stacked, parts)
-    return parts.astype(dtype) @ stacked.astype(dtype).T
+    return planar_readout(c_re, c_im, jnp.stack([jnp.real(h), jnp.imag(h)], axis=-2))
 
 
 def planar_projection(
@@ -430,6 +423,6 @@ def planar_readout(
     """`real_readout(c_re, c_im, h)` from the states as real planes `(length, 2, state)`
     (the state axis of `c_re`/`c_im` matching `state`), as one real product."""
     stacked = jnp.concatenate([c_re, -c_im], axis=1)
-    parts = planes.reshape(planes.shape[0], -1)
+    parts = planes.reshape(planes.shape[:-2] + (2 * planes.shape[-1],))
     dtype = _low_precision(stacked, parts)
     return parts.astype(dtype) @ stacked.astype(dtype).T

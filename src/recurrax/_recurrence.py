@@ -10,7 +10,14 @@ from jax.sharding import AxisType
 from jaxtyping import Array, ArrayLike, Bool, Float, Inexact
 
 from ._dtypes import working_dtype
-from ._scan import AbstractScan, arrays_platform, AutoScan
+from ._scan import (
+    AbstractScan,
+    arrays_platform,
+    AssociativeScan,
+    AutoScan,
+    ChunkedScan,
+    SequentialScan,
+)
 from ._semiring import LINEAR, LOG, PLANAR
 from ._validate import check_bool
 
@@ -358,15 +365,12 @@ def _compiled_solve(method, a, b, h0, restart, cuts, *, reverse: bool, log_space
 # evaluate the planar form as they do every other (a user's strategy may assume complex
 # values; `SequenceParallelScan` is left to the complex form, whose sharding it is written
 # for).
-def _planar_strategies() -> tuple[type, ...]:
-    from ._scan import AssociativeScan, ChunkedScan, SequentialScan
-
-    return (AutoScan, SequentialScan, AssociativeScan, ChunkedScan)
+_PLANAR_STRATEGIES = (AutoScan, SequentialScan, AssociativeScan, ChunkedScan)
 
 
 def supports_planar(method: AbstractScan | None) -> bool:
     """Whether `planar_linear_recurrence` may evaluate with `method` (`None`: the default)."""
-    return method is None or type(method) in _planar_strategies()
+    return method is None or type(method) in _PLANAR_STRATEGIES
 
 
 def _conjugate_planes(a: Array) -> Array:
