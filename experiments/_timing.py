@@ -63,21 +63,6 @@ def environment_keeping_freed_memory(environ=None) -> dict:
     return environ
 
 
-def release_freed_memory() -> None:
-    """Hand the memory the allocator keeps free back to the kernel (glibc's `malloc_trim`;
-    nothing elsewhere). With `KEEP_FREED_MEMORY` a process otherwise keeps the largest
-    temporaries of every program it ran: called before timing another program, it bounds the
-    process's memory by that program's own needs."""
-    if not uses_glibc():
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - a libc without malloc_trim
-        pass
-
-
 def page_faults() -> int:
     """Minor page faults of this process so far (pages it touched for the first time since
     the kernel gave them); 0 where `resource` is unavailable."""

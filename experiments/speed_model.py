@@ -28,10 +28,17 @@ log-space evaluation of the public minGRU code (cumsum of log(1 − z) and
 `jax.lax.associative_scan` in linear space. The recurrax model's parameters are copied into
 the direct pytree, and the command asserts that both compute the same loss on
 the same batch before timing.
+
+Every implementation is timed in a Python process of its own (`measure_model`): one heap
+per program, so that keeping freed memory (see `_timing.KEEP_FREED_MEMORY`) never fragments
+one program's memory with another's, and the processes take turns one step at a time, so
+that a machine whose speed drifts slows every implementation alike.
 """
 
 import dataclasses
+import json
 import math
+import os
 import pathlib
 import statistics
 import subprocess
@@ -59,7 +66,6 @@ from ._timing import (
     ms,
     page_faults,
     peak_bytes,
-    release_freed_memory,
     uses_glibc,
 )
 
@@ -85,6 +91,8 @@ DIRECT_LRU = "direct (associative_scan, complex projections)"
 DIRECT_LOG = "direct (log space: cumsum + cumlogsumexp)"
 DIRECT_ASSOC = "direct (associative_scan)"
 FLOOR = "floor: the model without its recurrence"
+LRU_NAMES = (RECURRAX, DIRECT_LRU, FLOOR)
+COPY_NAMES = (RECURRAX, DIRECT_LOG, DIRECT_ASSOC)
 
 
 def optimizer() -> optax.GradientTransformation:
@@ -452,33 +460,35 @@ def lru_sides(
     state_size: int = LRU_STATE,
     param_dtype: str = "float32",
     floor: bool = False,
+    names: tuple[str, ...] | None = None,
 ) -> list[Side]:
     """The recurrax LRU model and its direct twin, with the same parameters and batch; with
-    `floor`, also the model without its recurrence (`_floor_layer`), not loss-checked."""
+    `floor`, also the model without its recurrence (`_floor_layer`), not loss-checked.
+    `names` (of `LRU_NAMES`) builds only those sides, in that order (each side compiles its
+    step when built)."""
     model, state = lru_config(depth, d_model, state_size, param_dtype).build(key=jax.random.key(0))
     data = lru_batch(length, batch)
-    extra = []
-    if floor:
-        extra.append(
-            _direct_side(
-                FLOOR,
-                lru_direct_params(model),
-                lru_direct_state(model, state),
-                lru_floor_loss,
-                data,
-                checked=False,
-            )
-        )
-    return [
-        _recurrax_side(model, state, classification_loss, data),
-        _direct_side(
+    builders = {
+        RECURRAX: lambda: _recurrax_side(model, state, classification_loss, data),
+        DIRECT_LRU: lambda: _direct_side(
             DIRECT_LRU,
             lru_direct_params(model),
             lru_direct_state(model, state),
             lru_direct_loss,
             data,
         ),
-    ] + extra
+        FLOOR: lambda: _direct_side(
+            FLOOR,
+            lru_direct_params(model),
+            lru_direct_state(model, state),
+            lru_floor_loss,
+            data,
+            checked=False,
+        ),
+    }
+    if names is None:
+        names = LRU_NAMES if floor else LRU_NAMES[:2]
+    return [builders[_known(name, builders)]() for name in names]
 
 
 def copy_sides(
@@ -489,22 +499,31 @@ def copy_sides(
     d_model: int = COPY_WIDTH,
     expansion: int = COPY_EXPANSION,
     param_dtype: str = "float32",
+    names: tuple[str, ...] | None = None,
 ) -> list[Side]:
-    """The recurrax minGRU model and its two direct twins, same parameters and batch."""
+    """The recurrax minGRU model and its two direct twins, same parameters and batch;
+    `names` (of `COPY_NAMES`) builds only those, in that order."""
     model, state = copy_config(depth, d_model, expansion, param_dtype).build(key=jax.random.key(0))
     data = copy_batch(length, batch)
     params = copy_direct_params(model)
-    return [
-        _recurrax_side(model, state, copy_loss, data),
-        _direct_side(DIRECT_LOG, params, (), copy_direct_loss, data),
-        _direct_side(
+    builders = {
+        RECURRAX: lambda: _recurrax_side(model, state, copy_loss, data),
+        DIRECT_LOG: lambda: _direct_side(DIRECT_LOG, params, (), copy_direct_loss, data),
+        DIRECT_ASSOC: lambda: _direct_side(
             DIRECT_ASSOC,
             params,
             (),
             lambda p, s, b: copy_direct_loss(p, s, b, _min_gru_assoc),
             data,
         ),
-    ]
+    }
+    return [builders[_known(name, builders)]() for name in (names or COPY_NAMES)]
+
+
+def _known(name: str, builders: dict) -> str:
+    if name not in builders:
+        raise ValueError(f"`names` may hold {sorted(builders)}, got {name!r}.")
+    return name
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -520,47 +539,253 @@ class Row:
     loss: float
     loss_diff: float  # |loss − recurrax's loss| at step 0
     faulted: float = math.nan  # bytes of memory faulted in per step (median; 4 KiB pages)
+    times: tuple[float, ...] = ()  # every timed step, seconds, in order
+    interleaved: bool = False  # timed in rounds, one step of every side per round
 
 
-def measure_sides(model: str, length: int, sides: list[Side], repeats: int, log=print) -> list[Row]:
-    """Step 0 of every side (the losses must agree), then for each side in turn: the
-    allocator's free memory handed back (so that the process holds one side's temporaries
-    at a time), `WARMUP` untimed steps and `repeats` timed ones; the median time, the median
-    memory faulted in per step and the compiled peak memory of each."""
-    losses = [float(side()[3]) for side in sides]
-    reference = losses[0]
-    for side, value in zip(sides, losses):
+def _serve(spec: str, answers_fd: int) -> None:
+    """A timing process's body (`python -m experiments.speed_model SPEC FD`): build (and
+    compile) the side that the JSON `spec` names, answer `["ready", peak bytes]` on the file
+    descriptor `answers_fd`, then run one training step per `step` line of standard input,
+    answering `["step", seconds, bytes faulted in, loss]`, until `stop` or the end of input.
+    A failure is answered `["error", message]`."""
+    with os.fdopen(answers_fd, "w", buffering=1) as answers:
+
+        def answer(*values):
+            answers.write(json.dumps(values) + "\n")
+
+        try:
+            spec = json.loads(spec)
+            build = lru_sides if spec["model"] == "LRU" else copy_sides
+            [side] = build(spec["length"], names=(spec["name"],), **spec["options"])
+            answer("ready", side.peak_bytes)
+            for line in sys.stdin:
+                if line.strip() != "step":
+                    break
+                before = page_faults()
+                start = time.perf_counter()
+                out = jax.block_until_ready(side())
+                elapsed = time.perf_counter() - start
+                answer("step", elapsed, 4096 * (page_faults() - before), float(out[3]))
+        except Exception as error:  # the parent raises it with its context
+            answer("error", f"{type(error).__name__}: {error}")
+
+
+class _Worker:
+    """One side in its own Python process, with its own heap and XLA runtime."""
+
+    def __init__(self, model: str, length: int, name: str, options: dict):
+        self.model, self.length, self.name = model, length, name
+        spec = json.dumps(dict(model=model, length=length, name=name, options=options))
+        read, write = os.pipe()
+        env = dict(os.environ)
+        root = str(pathlib.Path(__file__).resolve().parents[1])  # where `experiments` is
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "experiments.speed_model", spec, str(write)],
+            stdin=subprocess.PIPE,
+            pass_fds=(write,),
+            env=env,
+            text=True,
+        )
+        os.close(write)
+        self.answers = os.fdopen(read)
+        self.losses, self.times, self.faults = [], [], []
+        try:
+            self.peak_bytes = self._answer("ready")[0]
+        except BaseException:
+            self.stop()
+            raise
+
+    def _answer(self, kind: str) -> list:
+        line = self.answers.readline()
+        if not line:
+            code = self.process.wait()
+            raise RuntimeError(
+                f"{self.model}, L = {self.length}: the process timing {self.name!r} ended "
+                f"without answering (exit code {code}; -9 is a kill, often for lack of "
+                "memory)."
+            )
+        answer = json.loads(line)
+        if answer[0] == "error":
+            raise RuntimeError(f"{self.model}, L = {self.length}, {self.name!r}: {answer[1]}")
+        assert answer[0] == kind, answer
+        return answer[1:]
+
+    def step(self, timed: bool) -> None:
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        elapsed, faulted, loss = self._answer("step")
+        self.losses.append(loss)
+        if timed:
+            self.times.append(elapsed)
+            self.faults.append(faulted)
+
+    def stop(self) -> None:
+        """End the process (again: nothing)."""
+        if self.answers.closed:
+            return
+        try:
+            self.process.stdin.close()  # the end of input ends it
+        except OSError:  # it has gone already
+            pass
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a process stuck in a step
+            self.process.kill()
+            self.process.wait()
+        self.answers.close()
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def available_memory() -> int | None:
+    """The memory the kernel can give without swapping (`MemAvailable`), bytes; `None` where
+    unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return 1024 * int(line.split()[1])
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        pass
+    return None
+
+
+# Interleaved timing holds every side's temporaries at once: allowed when their compiled
+# peaks, with this margin and `PROCESS_OVERHEAD` per process, fit in the available memory.
+MEMORY_MARGIN = 1.25
+PROCESS_OVERHEAD = 2**30
+
+
+def fits_together(peaks: list[int | None], available: int | None) -> bool:
+    """Whether processes with these compiled peaks can all keep their memory at once."""
+    if available is None or any(p is None for p in peaks):
+        return False
+    return sum(MEMORY_MARGIN * p + PROCESS_OVERHEAD for p in peaks) <= available
+
+
+def measure_model(
+    model: str,
+    length: int,
+    names: tuple[str, ...],
+    repeats: int,
+    *,
+    options: dict | None = None,
+    interleave: bool | None = None,
+    log=None,
+) -> list[Row]:
+    """Time the sides `names` of `model` ("LRU" or "minGRU", built by `lru_sides` /
+    `copy_sides` with `options`), each in its own Python process, the first (recurrax) being
+    the reference of the loss check.
+
+    Every process compiles its step (one after another). Step 0 of every side must give
+    recurrax's loss within `LOSS_TOLERANCE`; then `WARMUP` untimed steps and `repeats` timed
+    ones. Interleaved (`interleave=True`, or `None` when `fits_together`): in rounds of one
+    step per side, the order rotating each round, so that a machine whose speed drifts from
+    minute to minute slows every side alike; each process keeps its own memory, so no side's
+    heap fragments another's. Otherwise in turn, each process ended after its steps (one
+    side's memory at a time). Rows give the median time, the median memory faulted in per
+    step and the compiled peak memory."""
+    log = log or _print
+    options = options or {}
+    workers: list[_Worker] = []
+    try:
+        for name in names:
+            log(f"  {model} L={length}: compiling {name}")
+            workers.append(_Worker(model, length, name, options))
+        chosen = interleave is None
+        if chosen:
+            interleave = fits_together([w.peak_bytes for w in workers], available_memory())
+        if interleave:
+            log(f"  {model} L={length}: timing in rounds, one step of each side per round")
+        else:
+            log(
+                f"  {model} L={length}: timing one side after another"
+                + (" (their memory together would not fit)" if chosen else "")
+            )
+        if interleave:
+            for w in workers:
+                w.step(timed=False)
+            _check_losses(model, length, workers)
+            for r in range(WARMUP + repeats):
+                order = workers[r % len(workers) :] + workers[: r % len(workers)]
+                for w in order:
+                    w.step(timed=r >= WARMUP)
+                if r >= WARMUP:
+                    _log_round(model, length, workers, r - WARMUP, repeats, log)
+        else:
+            for i, w in enumerate(workers):
+                for r in range(1 + WARMUP + repeats):
+                    w.step(timed=r > WARMUP)
+                    if r == 0:
+                        _check_losses(model, length, workers[: i + 1])
+                log(f"  {model} L={length}: {w.name}: {ms(statistics.median(w.times))} ms")
+                w.stop()
+    finally:
+        for w in workers:
+            w.stop()
+    reference = workers[0].losses[0]
+    rows = []
+    for w in workers:
+        diff = abs(w.losses[0] - reference) if w.name != FLOOR else math.nan
+        rows.append(
+            Row(
+                model,
+                w.name,
+                length,
+                statistics.median(w.times),
+                w.peak_bytes,
+                w.losses[0],
+                diff,
+                statistics.median(w.faults),
+                tuple(w.times),
+                interleave,
+            )
+        )
+    for r in rows:
+        log(
+            f"  {model:6s} L={length:5d}  {r.name:48s} step {ms(r.step):>9s} ms   "
+            f"peak {mib(r.peak_bytes):>6s} MiB   faulted {mib(r.faulted):>6s} MiB/step   "
+            f"loss {r.loss:.6f} "
+            + (f"(|Δ| {r.loss_diff:.1e})" if r.name != FLOOR else "(not the same model)")
+        )
+    return rows
+
+
+def _check_losses(model: str, length: int, workers: list[_Worker]) -> None:
+    reference = workers[0].losses[0]
+    for w in workers[1:]:
+        value = w.losses[0]
         diff = abs(value - reference)
-        if side.checked and not diff <= LOSS_TOLERANCE * max(1.0, abs(reference)):
+        if w.name != FLOOR and not diff <= LOSS_TOLERANCE * max(1.0, abs(reference)):
             raise AssertionError(
-                f"{model}, L = {length}: {side.name} computes loss {value!r} at step 0 but "
+                f"{model}, L = {length}: {w.name} computes loss {value!r} at step 0 but "
                 f"recurrax computes {reference!r} (|Δ| = {diff:.2e} > "
                 f"{LOSS_TOLERANCE:g} × max(1, |loss|)): the two models differ."
             )
-    times = [[] for _ in sides]
-    faults = [[] for _ in sides]
-    for i, side in enumerate(sides):
-        release_freed_memory()
-        for _ in range(WARMUP):
-            jax.block_until_ready(side())
-        for _ in range(repeats):
-            before = page_faults()
-            start = time.perf_counter()
-            jax.block_until_ready(side())
-            times[i].append(time.perf_counter() - start)
-            faults[i].append(4096 * (page_faults() - before))
-    rows = []
-    for side, value, t, f in zip(sides, losses, times, faults):
-        t, f = statistics.median(t), statistics.median(f)
-        peak = side.peak_bytes
-        diff = abs(value - reference) if side.checked else math.nan
-        rows.append(Row(model, side.name, length, t, peak, value, diff, f))
-        log(
-            f"  {model:6s} L={length:5d}  {side.name:48s} step {ms(t):>9s} ms   "
-            f"peak {mib(peak):>6s} MiB   faulted {mib(f):>6s} MiB/step   loss {value:.6f} "
-            + (f"(|Δ| {diff:.1e})" if side.checked else "(not the same model: not checked)")
-        )
-    return rows
+
+
+def _log_round(model, length, workers, r, repeats, log) -> None:
+    ours = workers[0].times[-1]
+    parts = []
+    for w in workers:
+        t = w.times[-1]
+        ratio = "" if w is workers[0] or w.name == FLOOR else f" ({t / ours:.2f}×)"
+        parts.append(f"{w.name.split(' ')[0].rstrip(':')} {ms(t)} ms{ratio}")
+    log(f"  {model} L={length} round {r + 1}/{repeats}: " + ", ".join(parts))
+
+
+def round_ratios(rows: list[Row], name: str, length: int) -> list[float]:
+    """Per round of an interleaved run, `name`'s step time over recurrax's (empty when the
+    sides were timed one after another)."""
+    by = {r.name: r for r in rows if r.length == length}
+    ours, other = by.get(RECURRAX), by.get(name)
+    if ours is None or other is None or not (ours.interleaved and other.interleaved):
+        return []
+    return [b / a for a, b in zip(ours.times, other.times)]
 
 
 def measure(
@@ -570,14 +795,19 @@ def measure(
     *,
     lru_depth: int = LRU_DEPTH,
     copy_depth: int = COPY_DEPTH,
-    log=print,
+    interleave: bool | None = None,
+    log=None,
 ) -> list[Row]:
+    """`measure_model` for the LRU model at each of `lru_lengths` (with the floor) and the
+    minGRU model at each of `copy_lengths`."""
+    kw = dict(interleave=interleave, log=log)
     rows = []
     for length in lru_lengths:
-        sides = lru_sides(length, depth=lru_depth, floor=True)
-        rows += measure_sides("LRU", length, sides, repeats, log)
+        options = dict(depth=lru_depth)
+        rows += measure_model("LRU", length, LRU_NAMES, repeats, options=options, **kw)
     for length in copy_lengths:
-        rows += measure_sides("minGRU", length, copy_sides(length, depth=copy_depth), repeats, log)
+        options = dict(depth=copy_depth)
+        rows += measure_model("minGRU", length, COPY_NAMES, repeats, options=options, **kw)
     return rows
 
 
@@ -603,6 +833,9 @@ def _table(rows: list[Row]) -> str:
     for r in rows:
         direct = r.name not in (RECURRAX, FLOOR)
         ratio = f"{r.step / ours[r.length].step:.2f}×" if direct else ""
+        spread = round_ratios(rows, r.name, r.length) if direct else []
+        if spread:
+            ratio += f" ({min(spread):.2f}–{max(spread):.2f})"
         table.append(
             [
                 r.name,
@@ -660,6 +893,39 @@ def _floor_lines(rows: list[Row]) -> list[str]:
     ]
 
 
+def _schedule_sentence(rows: list[Row]) -> str:
+    """How the sides were timed against each other."""
+    in_turn = sorted({(r.model, r.length) for r in rows if not r.interleaved})
+    text = (
+        "Every implementation runs in a Python process of its own (its own heap and XLA "
+        "runtime), where its step is compiled ahead of time"
+    )
+    if len(in_turn) < len({(r.model, r.length) for r in rows}):
+        text += (
+            "; the processes take turns in rounds of one step each, the order rotating from "
+            f"round to round, after {WARMUP + 1} untimed rounds (the first checks the "
+            "losses), so that a machine whose speed drifts from minute to minute slows every "
+            "implementation alike. The ratio column "
+            "is the ratio of the medians and, in brackets, the lowest and the highest ratio "
+            "within one round."
+        )
+        if not in_turn:
+            return text
+        text += " Except for "
+    else:
+        text += ". "
+    if in_turn:
+        which = ", ".join(f"the {m} model at L = {n}" for m, n in in_turn)
+        text += (
+            ("" if text.endswith("Except for ") else "For ")
+            + f"{which}: the implementations were timed one after another ({WARMUP + 1} untimed "
+            "steps, then the timed ones), each process ended before the next began, because "
+            "their memory together would not fit; a drift of the machine's speed between "
+            "them shifts those ratios."
+        )
+    return text
+
+
 def _memory_paragraph(kept: bool) -> str:
     common = (
         "XLA:CPU allocates a compiled step's temporaries (the peak column, less the "
@@ -706,7 +972,9 @@ def report(
         "One training step is forward, loss, backward and the optimiser's update "
         f"(`optax.adamw({LEARNING_RATE:g}, weight_decay={WEIGHT_DECAY:g})` on both sides), "
         "compiled with `jax.jit`, each step fed the parameters and states the previous one "
-        "returned; medians after warm-up, milliseconds. Peak memory is XLA's compiled "
+        "returned; medians after warm-up, milliseconds. "
+        + _schedule_sentence(rows)
+        + " Peak memory is XLA's compiled "
         "figure for the step (temporaries and outputs). float32 parameters, dropout 0, "
         "normalisation in training mode. The recurrax side is a `recurrax.ModelConfig` model "
         "trained by `recurrax.train_step` (what `recurrax.make_train_step` compiles); the "
@@ -795,7 +1063,7 @@ def run(args) -> int:
             )
             return 2
         env = environment_keeping_freed_memory()
-        print(f"Running in a new process with GLIBC_TUNABLES={env['GLIBC_TUNABLES']}", flush=True)
+        print(f"Running in a new process with GLIBC_TUNABLES={env['GLIBC_TUNABLES']}")
         return subprocess.call([sys.executable, "-m", "experiments", *_forwarded(args)], env=env)
     kept = freed_memory_kept()
     lru_lengths = tuple(args.lengths) if args.lengths else LRU_LENGTHS
@@ -841,3 +1109,7 @@ def run(args) -> int:
         args.out,
     )
     return 0
+
+
+if __name__ == "__main__":  # a timing process of `measure_model`
+    _serve(sys.argv[1], int(sys.argv[2]))

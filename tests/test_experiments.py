@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import statistics
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -152,6 +153,9 @@ def test_speed_model_command_writes_its_tables(tmp_path):
     assert text.count("| recurrax | 16 |") == 2
     assert "| faulted MiB / step |" in text and "Measured with the default allocator" in text
     assert f"| {speed_model.FLOOR} | 16 |" in text and "- L = 16: the recurrence" in text
+    # the sides were timed in rounds (tiny models fit together): each ratio gives its range
+    assert re.search(r"\| [0-9.]+× \([0-9.]+–[0-9.]+\) \|", text), text
+    assert "in rounds" in text
     command = ("python -m experiments speed model --lengths 16 --copy-lengths 16 "
                "--lru-depth 1 --copy-depth 1 --repeats 2 --allocator default")
     assert f"`{command}`" in text
@@ -195,6 +199,55 @@ def test_speed_model_keeps_freed_memory_in_a_new_process(tmp_path, monkeypatch):
     assert "Measured with glibc's allocator keeping freed memory" in text
     assert "GLIBC_TUNABLES=" + ":".join(_timing.KEEP_FREED_MEMORY) in text
     assert "--allocator" not in text.split("`")[1]  # the default is not spelt out
+
+
+def test_speed_model_times_each_side_in_its_own_process():
+    """Every side runs in a process of its own: timed in rounds, or one after another when
+    asked (or when their memory together would not fit); the rows carry every timed step,
+    and a failure inside a timing process comes back with the side's name."""
+    from experiments import speed_model
+
+    names = (speed_model.RECURRAX, speed_model.DIRECT_LRU)
+    options = dict(depth=1, batch=2, d_model=4, state_size=3)
+    lines = []
+    for interleave in (True, False):
+        rows = speed_model.measure_model("LRU", 8, names, 2, options=options,
+                                         interleave=interleave, log=lines.append)
+        assert [r.name for r in rows] == list(names)
+        assert all(len(r.times) == 2 and r.interleaved is interleave for r in rows)
+        assert rows[1].loss_diff <= speed_model.LOSS_TOLERANCE * max(1.0, abs(rows[0].loss))
+        assert all(r.step == statistics.median(r.times) and r.peak_bytes > 0 for r in rows)
+        ratios = speed_model.round_ratios(rows, speed_model.DIRECT_LRU, 8)
+        if interleave:
+            assert ratios == [b / a for a, b in zip(rows[0].times, rows[1].times)]
+        else:
+            assert ratios == []  # no rounds: no per-round ratio
+    assert any("round 2/2" in line for line in lines)
+    assert any("one side after another" in line for line in lines)
+    with pytest.raises(RuntimeError, match="'no such side'.*ValueError: `names` may hold"):
+        speed_model.measure_model("LRU", 8, ("no such side",), 1, options=options, log=print)
+
+
+def test_speed_model_memory_rule_and_loss_check():
+    from experiments import speed_model
+
+    gib = 2**30
+    assert speed_model.fits_together([gib, 2 * gib], 10 * gib)
+    assert not speed_model.fits_together([4 * gib, 4 * gib], 10 * gib)  # 2 × 5 + 2 × 1 > 10
+    assert not speed_model.fits_together([gib, None], 10 * gib)  # a peak unknown
+    assert not speed_model.fits_together([gib], None)  # the available memory unknown
+    available = speed_model.available_memory()
+    assert available is None or available > 0
+
+    class Done:  # what `_check_losses` reads of a timing process
+        def __init__(self, name, loss):
+            self.name, self.losses = name, [loss]
+
+    ours = Done(speed_model.RECURRAX, 2.5)
+    speed_model._check_losses("LRU", 8, [ours, Done(speed_model.DIRECT_LRU, 2.5 + 2e-5)])
+    speed_model._check_losses("LRU", 8, [ours, Done(speed_model.FLOOR, 9.0)])  # not checked
+    with pytest.raises(AssertionError, match="direct .* computes loss 2.5001 at step 0"):
+        speed_model._check_losses("LRU", 8, [ours, Done(speed_model.DIRECT_LRU, 2.5001)])
 
 
 def test_speed_selective_command_writes_its_table(tmp_path):
