@@ -5,6 +5,8 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -23,6 +25,26 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def median_times_in_rounds(fns: dict, repeats: int, warmup: int = 1, seed: int = 0) -> dict:
+    """Median wall time in seconds of each `fns[name]()`, timed in `repeats` rounds of one
+    call each (after `warmup` untimed rounds), in a new random order every round (seeded):
+    a machine whose speed drifts during the measurement slows every function alike, where
+    timing one function's calls after another's would charge the drift to whichever ran
+    when it happened, and no function always follows the same one."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            jax.block_until_ready(fns[name]())
+    rng = np.random.default_rng(seed)
+    times = {name: [] for name in names}
+    for _ in range(repeats):
+        for i in rng.permutation(len(names)):
+            start = time.perf_counter()
+            jax.block_until_ready(fns[names[i]]())
+            times[names[i]].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # glibc's malloc serves a block of 32 MiB or more with its own mmap and unmaps it when it is
@@ -61,6 +83,25 @@ def environment_keeping_freed_memory(environ=None) -> dict:
     kept = [s for s in own if s.split("=")[0] not in names]
     environ["GLIBC_TUNABLES"] = ":".join(kept + list(KEEP_FREED_MEMORY))
     return environ
+
+
+def rerun_keeping_freed_memory(command: str, argv: list[str]) -> int | None:
+    """For `--allocator keep`: run `python -m experiments *argv` in a new process whose
+    allocator keeps freed memory (`environment_keeping_freed_memory`) and return its exit
+    code, or 2 with a message where this Python does not run on glibc; `None` when this
+    process keeps freed memory already (measure here)."""
+    if freed_memory_kept():
+        return None
+    if not uses_glibc():
+        print(
+            f"{command}: --allocator keep sets glibc's GLIBC_TUNABLES and this Python does not "
+            "run on glibc; use --allocator default.",
+            file=sys.stderr,
+        )
+        return 2
+    env = environment_keeping_freed_memory()
+    print(f"Running in a new process with GLIBC_TUNABLES={env['GLIBC_TUNABLES']}", flush=True)
+    return subprocess.call([sys.executable, "-m", "experiments", *argv], env=env)
 
 
 def page_faults() -> int:

@@ -276,6 +276,15 @@ def report(args, argv) -> int:
     return 0
 
 
+
+def _allocator_option(parser) -> None:
+    parser.add_argument(
+        "--allocator", choices=("keep", "default"), default="keep",
+        help="keep: run with glibc's allocator keeping freed memory, so that every call "
+        "reuses its pages (the command restarts itself with GLIBC_TUNABLES set); default: "
+        "the allocator as it is, each call faulting its large temporaries in afresh",
+    )
+
 def parser() -> argparse.ArgumentParser:
     """The command line's parser: every command and option of `python -m experiments`."""
     parser = argparse.ArgumentParser(
@@ -361,6 +370,7 @@ def parser() -> argparse.ArgumentParser:
     lru.add_argument("--length", type=int, default=2048, help="sequence length")
     lru.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     lru.add_argument("--no-choice", action="store_true", help="skip the scan-or-convolution table")
+    _allocator_option(lru)
     lru.add_argument("--out", default="docs/results/speed-lru.md", help="markdown file")
     minrnn = which.add_parser(
         "minrnn", help="training step of GRU, LSTM, minGRU, minLSTM and LRU against length"
@@ -385,12 +395,7 @@ def parser() -> argparse.ArgumentParser:
     whole.add_argument("--lru-depth", type=int, default=6, help="LRU model blocks")
     whole.add_argument("--copy-depth", type=int, default=3, help="minGRU model blocks")
     whole.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
-    whole.add_argument(
-        "--allocator", choices=("keep", "default"), default="keep",
-        help="keep: run with glibc's allocator keeping freed memory, so that every step "
-        "reuses its pages (the command restarts itself with GLIBC_TUNABLES set); default: "
-        "the allocator as it is, each step faulting its temporaries in afresh",
-    )
+    _allocator_option(whole)
     whole.add_argument(
         "--out", default="docs/results/speed-model.md", help="markdown file (PNG beside it)"
     )

@@ -27,7 +27,18 @@ import jax.numpy as jnp
 import recurrax
 
 from ._figures import bars, image
-from ._timing import compiled_peak_bytes, emit_report, Machine, markdown_table, median_time, mib, ms
+from ._timing import (
+    compiled_peak_bytes,
+    emit_report,
+    freed_memory_kept,
+    KEEP_FREED_MEMORY,
+    Machine,
+    markdown_table,
+    median_times_in_rounds,
+    mib,
+    ms,
+    rerun_keeping_freed_memory,
+)
 
 
 BATCH, INPUT, STATE, LENGTH = 8, 128, 256, 2048
@@ -92,7 +103,9 @@ class Row:
     max_diff: float
 
 
-def _time(fn, model, u, repeats):
+def _programs(fn, model, u):
+    """The compiled forward and forward+backward of `fn` vmapped over the batch, as
+    argument-free calls, with the outputs and the backward's peak memory."""
     batched = jax.vmap(fn, in_axes=(None, 0))
     fwd = eqx.filter_jit(batched)
 
@@ -100,25 +113,35 @@ def _time(fn, model, u, repeats):
         return jnp.mean(batched(model, u) ** 2)
 
     bwd = eqx.filter_jit(eqx.filter_grad(loss))
-    t_f = median_time(lambda: fwd(model, u), repeats)
-    t_b = median_time(lambda: bwd(model, u), repeats)
     params, static = eqx.partition(model, eqx.is_array)
     peak = compiled_peak_bytes(
         jax.jit(lambda p, u: jax.grad(lambda p: loss(eqx.combine(p, static), u))(p)), params, u
     )
-    return fwd(model, u), t_f, t_b, peak
+    return (lambda: fwd(model, u)), (lambda: bwd(model, u)), fwd(model, u), peak
+
+
+def _time(fn, model, u, repeats):
+    forward, backward, y, peak = _programs(fn, model, u)
+    t = median_times_in_rounds({"f": forward, "b": backward}, repeats)
+    return y, t["f"], t["b"], peak
 
 
 def measure(length=LENGTH, repeats: int = 5, names=None, log=print) -> list[Row]:
-    """Time every LRU implementation at one length; outputs compared with the common form."""
+    """Time every LRU implementation at one length, all of them in rounds of one call each
+    (so that a drifting machine slows them alike); outputs compared with the common form."""
     lru, u = _lru(), _inputs(length)
     impls = implementations()
     if names is not None:
         impls = {k: v for k, v in impls.items() if k in names}
     reference = jax.jit(jax.vmap(common_form, in_axes=(None, 0)))(lru, u)
+    programs = {name: _programs(fn, lru, u) for name, fn in impls.items()}
+    calls = {}
+    for name, (forward, backward, _, _) in programs.items():
+        calls[name, "forward"], calls[name, "backward"] = forward, backward
+    times = median_times_in_rounds(calls, repeats)
     rows = []
-    for name, fn in impls.items():
-        y, t_f, t_b, peak = _time(fn, lru, u, repeats)
+    for name, (_, _, y, peak) in programs.items():
+        t_f, t_b = times[name, "forward"], times[name, "backward"]
         diff = float(jnp.max(jnp.abs(y - reference)))
         rows.append(Row(name, length, t_f, t_b, peak, diff))
         log(
@@ -193,7 +216,9 @@ def plot(rows, path: pathlib.Path) -> pathlib.Path:
     )
 
 
-def report(rows, choice, machine: Machine, command: str, png: str | None = None) -> str:
+def report(
+    rows, choice, machine: Machine, command: str, png: str | None = None, *, kept: bool = False
+) -> str:
     by = {r.name: r for r in rows}
     length = rows[0].length
     out = [
@@ -203,7 +228,19 @@ def report(rows, choice, machine: Machine, command: str, png: str | None = None)
         f"H = {INPUT}, N = {STATE}, L = {length}, batch {BATCH}, float32 parameters and inputs "
         "(complex64 state); per-example layers vmapped over the batch. Forward+backward is the "
         "gradient of the mean squared output with respect to every parameter. Medians after "
-        "warm-up, milliseconds; peak memory is XLA's compiled figure for forward+backward.",
+        "warm-up, milliseconds, every implementation's forward and forward+backward timed in "
+        "rounds of one call each in a random order, so that a machine whose speed drifts "
+        "slows them alike; peak memory is XLA's compiled figure for forward+backward. "
+        + (
+            "glibc's allocator kept freed memory (`GLIBC_TUNABLES="
+            + ":".join(KEEP_FREED_MEMORY)
+            + "`, set by the command for itself), so that no call faults its temporaries in "
+            "afresh (see [memory on CPU](../performance.md#memory-on-cpu))."
+            if kept
+            else "The allocator as it is (`--allocator default`): a call whose temporaries "
+            "are large maps and faults them in afresh (see "
+            "[memory on CPU](../performance.md#memory-on-cpu))."
+        ),
         "",
     ]
     if png:
@@ -259,9 +296,22 @@ def report(rows, choice, machine: Machine, command: str, png: str | None = None)
     return "\n".join(out) + "\n"
 
 
+def _forwarded(args) -> list[str]:
+    """The command-line arguments that reproduce `args`."""
+    argv = ["speed", "lru", "--length", str(args.length), "--repeats", str(args.repeats)]
+    argv += ["--no-choice"] if args.no_choice else []
+    return argv + ["--allocator", args.allocator, "--out", args.out or ""]
+
+
 def run(args) -> int:
+    if args.allocator == "keep":
+        code = rerun_keeping_freed_memory("speed lru", _forwarded(args))
+        if code is not None:
+            return code
+    kept = freed_memory_kept()
     machine = Machine.here()
     print(f"LRU speed on {machine.line()}")
+    print("Allocator: " + ("freed memory kept (GLIBC_TUNABLES)" if kept else "default"))
     print(f"H = {INPUT}, N = {STATE}, L = {args.length}, batch {BATCH}, {args.repeats} repeats")
     rows = measure(args.length, args.repeats)
     choice = [] if args.no_choice else measure_choice(repeats=args.repeats, measured=rows)
@@ -270,11 +320,12 @@ def run(args) -> int:
         + (f" --length {args.length}" if args.length != LENGTH else "")
         + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
         + (" --no-choice" if args.no_choice else "")
+        + (" --allocator default" if args.allocator == "default" else "")
     )
     png = None
     if args.out:
         png = str(pathlib.Path(args.out).with_suffix(".png"))
         plot(rows, pathlib.Path(png))
         print(f"Wrote {png}")
-    emit_report(report(rows, choice, machine, command, png), args.out)
+    emit_report(report(rows, choice, machine, command, png, kept=kept), args.out)
     return 0

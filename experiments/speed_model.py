@@ -57,7 +57,6 @@ import recurrax
 from ._figures import bars, image
 from ._timing import (
     emit_report,
-    environment_keeping_freed_memory,
     freed_memory_kept,
     KEEP_FREED_MEMORY,
     Machine,
@@ -66,7 +65,7 @@ from ._timing import (
     ms,
     page_faults,
     peak_bytes,
-    uses_glibc,
+    rerun_keeping_freed_memory,
 )
 
 
@@ -1054,17 +1053,10 @@ def _forwarded(args) -> list[str]:
 
 
 def run(args) -> int:
-    if args.allocator == "keep" and not freed_memory_kept():
-        if not uses_glibc():
-            print(
-                "speed model: --allocator keep sets glibc's GLIBC_TUNABLES and this Python "
-                "does not run on glibc; use --allocator default.",
-                file=sys.stderr,
-            )
-            return 2
-        env = environment_keeping_freed_memory()
-        print(f"Running in a new process with GLIBC_TUNABLES={env['GLIBC_TUNABLES']}")
-        return subprocess.call([sys.executable, "-m", "experiments", *_forwarded(args)], env=env)
+    if args.allocator == "keep":
+        code = rerun_keeping_freed_memory("speed model", _forwarded(args))
+        if code is not None:
+            return code
     kept = freed_memory_kept()
     lru_lengths = tuple(args.lengths) if args.lengths else LRU_LENGTHS
     copy_lengths = tuple(args.copy_lengths) if args.copy_lengths else COPY_LENGTHS

@@ -80,6 +80,24 @@ def test_accuracy_command_draws_error_against_length(tmp_path, monkeypatch):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_median_times_in_rounds_interleaves_the_functions():
+    """Each function runs `warmup + repeats` times, the calls of different functions mixed
+    within every round (in a seeded random order), and each median is of its own calls."""
+    from experiments import _timing
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = _timing.median_times_in_rounds(fns, repeats=6, warmup=2)
+    assert set(times) == set("abc") and all(t >= 0 for t in times.values())
+    assert calls[:6] == list("abcabc")  # the warm-up rounds, in order
+    rounds = [calls[6 + 3 * r: 9 + 3 * r] for r in range(6)]
+    assert all(sorted(r) == list("abc") for r in rounds)  # one call of each per round
+    assert len({tuple(r) for r in rounds}) > 1  # the order changes
+    calls.clear()
+    _timing.median_times_in_rounds(fns, repeats=6, warmup=2)
+    assert [calls[6 + 3 * r: 9 + 3 * r] for r in range(6)] == rounds  # seeded
+
+
 def test_speed_lru_command_writes_its_tables(tmp_path, monkeypatch):
     from experiments import speed_lru
 
@@ -92,12 +110,14 @@ def test_speed_lru_command_writes_its_tables(tmp_path, monkeypatch):
 
     monkeypatch.setattr(speed_lru, "measure", recorded)
     out = tmp_path / "lru.md"
-    args = ["speed", "lru", "--length", "16", "--repeats", "1", "--no-choice", "--out", str(out)]
+    args = ["speed", "lru", "--length", "16", "--repeats", "1", "--no-choice",
+            "--allocator", "default", "--out", str(out)]
     assert main(args) == 0
     text = out.read_text()
     for name in speed_lru.implementations():
         assert f"| {name} |" in text
     assert "Default against the common form" in text
+    assert "in a random order" in text and "The allocator as it is" in text
     (rows,) = measured
     choice = speed_lru.measure_choice(lengths=(16,), repeats=1, log=lambda *_: None,
                                       measured=rows)
