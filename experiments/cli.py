@@ -276,7 +276,6 @@ def report(args, argv) -> int:
     return 0
 
 
-
 def _allocator_option(parser) -> None:
     parser.add_argument(
         "--allocator", choices=("keep", "default"), default="keep",
@@ -284,6 +283,7 @@ def _allocator_option(parser) -> None:
         "reuses its pages (the command restarts itself with GLIBC_TUNABLES set); default: "
         "the allocator as it is, each call faulting its large temporaries in afresh",
     )
+
 
 def parser() -> argparse.ArgumentParser:
     """The command line's parser: every command and option of `python -m experiments`."""
